@@ -1,0 +1,23 @@
+//! The XDP data plane from userspace: load or adopt the pinned program and
+//! maps, install tables atomically, extend the lease, read counters.
+
+mod bpffs;
+mod error;
+mod object;
+mod table;
+
+pub use error::DataplaneError;
+pub use object::embedded_object;
+pub use table::Dataplane;
+
+/// Now on the clock the XDP program's `bpf_ktime_get_ns` reads
+/// (CLOCK_MONOTONIC), in nanoseconds: leases are deadlines on this clock.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -1,0 +1,216 @@
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::programs::Xdp;
+use aya::{Ebpf, EbpfLoader};
+use xnlb_common::{
+    ctrl, map_name, slot_state, Counters, FlowKey, FlowValue, Table, LAYOUT_VERSION, MAX_BUCKETS,
+    MAX_VIPS, PROG_FILTER, PROG_PROBE,
+};
+
+use super::DataplaneError;
+
+/// How long a retired table stays untouched before it may be rewritten.
+///
+/// A packet reads the active index and then its table inside one XDP run
+/// (an RCU read section with preemption off, microseconds at most); waiting
+/// this long after a flip before rewriting the retired copy means no packet
+/// can ever read a table while it is being written.
+pub const TABLE_GRACE: Duration = Duration::from_millis(2);
+
+/// The loaded XDP object and its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    active: u32,
+    last_flip: Option<Instant>,
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+impl Dataplane {
+    /// Loads `obj`, creating its maps under `pin_dir` or adopting the ones a
+    /// previous agent left pinned there (so a restart keeps the live table,
+    /// lease and tracked connections).
+    pub fn load(obj: &[u8], pin_dir: &Path) -> Result<Dataplane, DataplaneError> {
+        super::bpffs::ensure_mounted(pin_dir)?;
+        std::fs::create_dir_all(pin_dir)
+            .map_err(|e| DataplaneError::PinDir(pin_dir.to_owned(), e))?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(obj)?;
+        for name in [PROG_FILTER, PROG_PROBE] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::BadTable("program missing from object"))?
+                .try_into()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+        }
+        let mut dp = Dataplane {
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+            active: 0,
+            last_flip: None,
+        };
+        let version = dp.ctrl_get(ctrl::VERSION)?;
+        if version == 0 {
+            dp.ctrl_set(ctrl::VERSION, LAYOUT_VERSION)?;
+        } else if version != LAYOUT_VERSION {
+            return Err(DataplaneError::LayoutMismatch {
+                dir: dp.pin_dir.clone(),
+                found: version,
+                expected: LAYOUT_VERSION,
+            });
+        }
+        dp.active = (dp.ctrl_get(ctrl::ACTIVE)? & 1) as u32;
+        Ok(dp)
+    }
+
+    /// Where the maps are pinned.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// One of the object's XDP programs ([`PROG_FILTER`] or [`PROG_PROBE`]).
+    pub fn program(&mut self, name: &'static str) -> Result<&mut Xdp, DataplaneError> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::BadTable("program missing from object"))?
+            .try_into()
+            .map_err(|source| DataplaneError::Program { name, source })
+    }
+
+    fn ctrl(&mut self) -> Result<Array<&mut MapData, u64>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(map_name::CTRL)
+            .ok_or(DataplaneError::MissingMap(map_name::CTRL))?;
+        Array::try_from(map).map_err(map_err(map_name::CTRL))
+    }
+
+    fn ctrl_get(&mut self, index: u32) -> Result<u64, DataplaneError> {
+        self.ctrl()?
+            .get(&index, 0)
+            .map_err(map_err(map_name::CTRL))
+    }
+
+    fn ctrl_set(&mut self, index: u32, value: u64) -> Result<(), DataplaneError> {
+        self.ctrl()?
+            .set(index, value, 0)
+            .map_err(map_err(map_name::CTRL))
+    }
+
+    /// Installs `table` atomically: writes the idle copy, then flips the
+    /// active index (one aligned 8-byte word).
+    pub fn install(&mut self, table: &Table) -> Result<(), DataplaneError> {
+        if table.buckets == 0 || table.buckets > MAX_BUCKETS {
+            return Err(DataplaneError::BadTable("buckets out of range"));
+        }
+        if table.nvips as usize > MAX_VIPS {
+            return Err(DataplaneError::BadTable("too many VIPs"));
+        }
+        if let Some(t) = self.last_flip {
+            let since = t.elapsed();
+            if since < TABLE_GRACE {
+                std::thread::sleep(TABLE_GRACE - since);
+            }
+        }
+        let idle = 1 - self.active;
+        {
+            let map = self
+                .ebpf
+                .map_mut(map_name::TABLES)
+                .ok_or(DataplaneError::MissingMap(map_name::TABLES))?;
+            let mut tables: Array<&mut MapData, Table> =
+                Array::try_from(map).map_err(map_err(map_name::TABLES))?;
+            tables
+                .set(idle, table, 0)
+                .map_err(map_err(map_name::TABLES))?;
+        }
+        self.ctrl_set(ctrl::ACTIVE, idle as u64)?;
+        self.active = idle;
+        self.last_flip = Some(Instant::now());
+        Ok(())
+    }
+
+    /// The live table.
+    pub fn current_table(&mut self) -> Result<Box<Table>, DataplaneError> {
+        let active = self.active;
+        let map = self
+            .ebpf
+            .map(map_name::TABLES)
+            .ok_or(DataplaneError::MissingMap(map_name::TABLES))?;
+        let tables: Array<&MapData, Table> =
+            Array::try_from(map).map_err(map_err(map_name::TABLES))?;
+        Ok(Box::new(
+            tables.get(&active, 0).map_err(map_err(map_name::TABLES))?,
+        ))
+    }
+
+    /// Sets the lease deadline ([`super::monotonic_ns`] clock); 0 fences.
+    pub fn set_lease(&mut self, deadline_ns: u64) -> Result<(), DataplaneError> {
+        self.ctrl_set(ctrl::LEASE, deadline_ns)
+    }
+
+    /// Tells the program the interface MAC that replaces the cluster MAC.
+    pub fn set_if_mac(&mut self, mac: [u8; 6]) -> Result<(), DataplaneError> {
+        let mut w = [0u8; 8];
+        w[..6].copy_from_slice(&mac);
+        self.ctrl_set(ctrl::IFMAC, u64::from_le_bytes(w))
+    }
+
+    /// Counters summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(map_name::STATS)
+            .ok_or(DataplaneError::MissingMap(map_name::STATS))?;
+        let stats: PerCpuArray<&MapData, Counters> =
+            PerCpuArray::try_from(map).map_err(map_err(map_name::STATS))?;
+        let per_cpu = stats.get(&0, 0).map_err(map_err(map_name::STATS))?;
+        let mut sum = Counters::default();
+        for c in per_cpu.iter() {
+            for (s, v) in sum.c.iter_mut().zip(c.c.iter()) {
+                *s += v;
+            }
+        }
+        Ok(sum)
+    }
+
+    /// Tracked connections whose slot is RELEASING in the live table and
+    /// that are not closing: what a handoff or drain waits for.
+    pub fn releasing_flows(&mut self) -> Result<u64, DataplaneError> {
+        let table = self.current_table()?;
+        let map = self
+            .ebpf
+            .map(map_name::FLOWS)
+            .ok_or(DataplaneError::MissingMap(map_name::FLOWS))?;
+        let flows: HashMap<&MapData, FlowKey, FlowValue> =
+            HashMap::try_from(map).map_err(map_err(map_name::FLOWS))?;
+        let mut n = 0;
+        for entry in flows.iter() {
+            let (_, v) = entry.map_err(map_err(map_name::FLOWS))?;
+            let releasing = table.state.get(v.slot as usize) == Some(&slot_state::RELEASING);
+            if releasing && v.flags & xnlb_common::flow_flag::CLOSING == 0 {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Number of tracked connections (all slots).
+    pub fn tracked_flows(&self) -> Result<usize, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(map_name::FLOWS)
+            .ok_or(DataplaneError::MissingMap(map_name::FLOWS))?;
+        let flows: HashMap<&MapData, FlowKey, FlowValue> =
+            HashMap::try_from(map).map_err(map_err(map_name::FLOWS))?;
+        Ok(flows.keys().filter(|k| k.is_ok()).count())
+    }
+}

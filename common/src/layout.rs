@@ -1,0 +1,449 @@
+//! BPF map names, sizes and the `#[repr(C)]` values stored in them.
+//!
+//! The XDP program reads, and the agent writes, exactly these structures. A
+//! change here is a change to the pinned maps' ABI: bump [`LAYOUT_VERSION`] so
+//! that a restarted agent refuses to adopt maps of another layout.
+
+/// Version of this layout; stored in the pinned control map so a new agent
+/// can tell whether it may adopt the maps a previous agent left pinned.
+pub const LAYOUT_VERSION: u64 = 1;
+
+/// Where the agent pins the program, its link and its maps (bpffs).
+pub const PIN_DIR: &str = "/sys/fs/bpf/xnlb";
+
+/// Map names as they appear in the object file and under [`PIN_DIR`].
+pub mod map_name {
+    /// Double-buffered [`super::Table`]s; [`super::ctrl::ACTIVE`] selects one.
+    pub const TABLES: &str = "XNLB_TABLES";
+    /// Small `u64` control words indexed by [`super::ctrl`].
+    pub const CTRL: &str = "XNLB_CTRL";
+    /// Per-CPU [`super::Counters`].
+    pub const STATS: &str = "XNLB_STATS";
+    /// LRU of TCP connections this node accepted ([`super::FlowKey`]).
+    pub const FLOWS: &str = "XNLB_FLOWS";
+    /// LRU of first fragments this node accepted ([`super::FragKey`]).
+    pub const FRAGS: &str = "XNLB_FRAGS";
+}
+
+/// Name of the filtering XDP program in the object.
+pub const PROG_FILTER: &str = "xnlb";
+/// Name of the probe program: same parser and hash, but it writes its
+/// classification into the frame instead of filtering (tests only).
+pub const PROG_PROBE: &str = "xnlb_probe";
+
+/// Largest supported `buckets` setting.
+pub const MAX_BUCKETS: u32 = 16384;
+/// Slots after the buckets, one per `single`-mode rule or VIP default.
+pub const MAX_SINGLE_SLOTS: u32 = 256;
+/// Size of [`Table::state`]: buckets first, then single slots.
+pub const MAX_SLOTS: usize = (MAX_BUCKETS + MAX_SINGLE_SLOTS) as usize;
+/// VIPs one cluster can serve.
+pub const MAX_VIPS: usize = 16;
+/// Port rules per VIP (the XDP program scans them in order).
+pub const MAX_RULES: usize = 16;
+/// 802.1ad + 802.1Q: deeper stacks are not parsed.
+pub const MAX_VLAN_DEPTH: usize = 2;
+/// IPv6 extension headers walked before a packet is declared malformed.
+pub const MAX_IPV6_EXT: usize = 6;
+/// Tracked TCP connections per node.
+pub const FLOW_TABLE_ENTRIES: u32 = 131_072;
+/// Tracked fragmented datagrams per node.
+pub const FRAG_TABLE_ENTRIES: u32 = 16_384;
+
+/// What this node's data plane does with a bucket or single slot.
+///
+/// Plain `u8` constants rather than an enum: the bytes come from a map and
+/// the XDP program must treat any value safely (unknown values drop).
+pub mod slot_state {
+    /// Another node's (or nobody's): drop.
+    pub const NOT_OWNED: u8 = 0;
+    /// Ours: accept everything; remember new TCP connections.
+    pub const OWNED: u8 = 1;
+    /// Handing off: accept only TCP connections we track; drop new flows.
+    pub const RELEASING: u8 = 2;
+    /// Taking over: accept new flows and flows we track; drop established
+    /// TCP flows we do not track (the releasing node still serves them).
+    pub const ACQUIRING: u8 = 3;
+}
+
+/// Indices into the `XNLB_CTRL` array.
+pub mod ctrl {
+    /// Which of the two tables is live (0 or 1).
+    pub const ACTIVE: u32 = 0;
+    /// Lease deadline in `bpf_ktime_get_ns` (CLOCK_MONOTONIC) nanoseconds;
+    /// past it every VIP packet is dropped as fenced.
+    pub const LEASE: u32 = 1;
+    /// MAC of the attached interface in the low 6 bytes (wire order).
+    pub const IFMAC: u32 = 2;
+    /// [`super::LAYOUT_VERSION`] of whoever created the maps.
+    pub const VERSION: u32 = 3;
+    /// Number of control words.
+    pub const COUNT: u32 = 4;
+}
+
+/// Rule and VIP modes (DESIGN 2).
+pub mod mode {
+    /// Load-balanced over buckets.
+    pub const MULTIPLE: u8 = 0;
+    /// Whole rule to one node (a single slot).
+    pub const SINGLE: u8 = 1;
+    /// Dropped everywhere.
+    pub const DISABLED: u8 = 2;
+}
+
+/// What part of the flow the hash covers.
+pub mod affinity {
+    /// src IP, src port, dst port, protocol.
+    pub const NONE: u8 = 0;
+    /// src IP only.
+    pub const SINGLE: u8 = 1;
+    /// src /24 (IPv4) or /48 (IPv6).
+    pub const NETWORK: u8 = 2;
+}
+
+/// Protocol bits of [`Rule::proto_mask`].
+pub mod proto_mask {
+    /// Matches TCP.
+    pub const TCP: u8 = 1;
+    /// Matches UDP.
+    pub const UDP: u8 = 2;
+}
+
+/// How the VIP's cluster MAC is formed (DESIGN 1).
+pub mod mac_mode {
+    /// `03:bf:` + last 4 bytes of the VIP: a multicast MAC.
+    pub const MULTICAST: u8 = 0;
+    /// `02:bf:` + last 4 bytes: a locally administered unicast MAC.
+    pub const UNICAST: u8 = 1;
+}
+
+/// Address family tags used in [`Vip::family`] and in the hash.
+pub mod family {
+    /// IPv4.
+    pub const V4: u8 = 4;
+    /// IPv6.
+    pub const V6: u8 = 6;
+}
+
+/// IP protocol numbers the data plane looks at.
+pub mod ipproto {
+    /// ICMP.
+    pub const ICMP: u8 = 1;
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+    /// ICMPv6.
+    pub const ICMPV6: u8 = 58;
+}
+
+/// One port rule as the XDP program scans it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    /// [`proto_mask`] bits.
+    pub proto_mask: u8,
+    /// [`mode`].
+    pub mode: u8,
+    /// [`affinity`].
+    pub affinity: u8,
+    /// Explicit padding so the layout has no hidden bytes.
+    pub _pad: u8,
+    /// First port, host order, inclusive.
+    pub port_lo: u16,
+    /// Last port, host order, inclusive.
+    pub port_hi: u16,
+    /// For [`mode::SINGLE`]: the single slot (0..[`MAX_SINGLE_SLOTS`]).
+    pub slot: u16,
+    /// Explicit padding.
+    pub _pad2: u16,
+}
+
+/// One VIP with its rules.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vip {
+    /// The address as wire bytes loaded as little-endian words (how the XDP
+    /// program loads them); IPv4 in word 0, the rest zero. See [`addr_words`].
+    pub addr: [u32; 4],
+    /// [`family`].
+    pub family: u8,
+    /// [`mac_mode`].
+    pub mac_mode: u8,
+    /// [`mode`] for traffic that matches no rule.
+    pub default_mode: u8,
+    /// Rules in use at the front of `rules`.
+    pub nrules: u8,
+    /// Single slot of the default mode when it is [`mode::SINGLE`].
+    pub default_slot: u16,
+    /// This VIP's own position in [`Table::vips`]. The XDP program reads it
+    /// back after a match so the verifier sees one unknown index rather than
+    /// one constant per loop iteration (which multiplies the states it must
+    /// explore by [`MAX_VIPS`]).
+    pub index: u16,
+    /// Port rules, first match wins.
+    pub rules: [Rule; MAX_RULES],
+}
+
+impl Default for Vip {
+    fn default() -> Self {
+        Vip {
+            addr: [0; 4],
+            family: 0,
+            mac_mode: 0,
+            default_mode: mode::DISABLED,
+            nrules: 0,
+            default_slot: 0,
+            index: 0,
+            rules: [Rule::default(); MAX_RULES],
+        }
+    }
+}
+
+impl Vip {
+    /// The cluster MAC every node answers ARP/NS for this VIP with.
+    pub fn cluster_mac(&self) -> [u8; 6] {
+        cluster_mac(self.mac_mode, &addr_bytes(&self.addr), self.family)
+    }
+}
+
+/// `03:bf:`/`02:bf:` followed by the last four bytes of the address.
+#[inline(always)]
+pub fn cluster_mac(mac_mode: u8, addr: &[u8; 16], family: u8) -> [u8; 6] {
+    let first = if mac_mode == self::mac_mode::UNICAST {
+        0x02
+    } else {
+        0x03
+    };
+    let tail = if family == self::family::V4 { 0 } else { 12 };
+    [
+        first,
+        0xbf,
+        addr[tail],
+        addr[tail + 1],
+        addr[tail + 2],
+        addr[tail + 3],
+    ]
+}
+
+/// Address bytes (IPv4 in the first 4) as the words the data plane compares.
+#[inline(always)]
+pub fn addr_words(b: &[u8; 16]) -> [u32; 4] {
+    let w = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
+
+/// Inverse of [`addr_words`].
+#[inline(always)]
+pub fn addr_bytes(w: &[u32; 4]) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let x = w[i].to_le_bytes();
+        b[i * 4] = x[0];
+        b[i * 4 + 1] = x[1];
+        b[i * 4 + 2] = x[2];
+        b[i * 4 + 3] = x[3];
+        i += 1;
+    }
+    b
+}
+
+/// Everything a packet's verdict depends on, swapped atomically as a whole.
+///
+/// Two copies live in `XNLB_TABLES`; the agent fills the idle one and then
+/// flips [`ctrl::ACTIVE`], so a packet sees one epoch's map or the next, never
+/// a mix. The agent waits a grace period before rewriting a retired copy
+/// (an XDP run lasts microseconds inside an RCU read section).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Table {
+    /// Epoch of the bucket map; reported, never used for verdicts.
+    pub epoch: u64,
+    /// Hash seed derived from the cluster name ([`crate::seed_from_name`]).
+    pub seed: u64,
+    /// Number of buckets in use (1..=[`MAX_BUCKETS`]).
+    pub buckets: u32,
+    /// VIPs in use at the front of `vips`.
+    pub nvips: u32,
+    /// The VIPs.
+    pub vips: [Vip; MAX_VIPS],
+    /// [`slot_state`] per bucket (`0..buckets`), then per single slot
+    /// (`MAX_BUCKETS + slot`).
+    pub state: [u8; MAX_SLOTS],
+}
+
+impl Table {
+    /// An empty table: no VIPs, nothing owned.
+    pub fn empty() -> Self {
+        Table {
+            epoch: 0,
+            seed: 0,
+            buckets: 1,
+            nvips: 0,
+            vips: [Vip::default(); MAX_VIPS],
+            state: [slot_state::NOT_OWNED; MAX_SLOTS],
+        }
+    }
+}
+
+/// Index of single slot `slot` in [`Table::state`].
+#[inline(always)]
+pub const fn single_slot_index(slot: u16) -> usize {
+    MAX_BUCKETS as usize + slot as usize
+}
+
+/// Per-CPU packet counters, indexed by [`counter`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    /// One value per [`counter`] index.
+    pub c: [u64; counter::COUNT],
+}
+
+/// Indices of [`Counters::c`] and their metric names.
+pub mod counter {
+    /// Packets addressed to a VIP (any verdict).
+    pub const VIP_PACKETS: usize = 0;
+    /// VIP packets accepted (passed to the stack).
+    pub const PASSED: usize = 1;
+    /// VIP packets dropped because another node owns their bucket.
+    pub const DROPPED_NOT_OWNER: usize = 2;
+    /// VIP packets dropped because the lease expired.
+    pub const DROPPED_FENCED: usize = 3;
+    /// Packets dropped as malformed.
+    pub const DROPPED_MALFORMED: usize = 4;
+    /// VIP packets dropped by a `disabled` rule or default.
+    pub const DROPPED_DISABLED: usize = 5;
+    /// Packets not for a VIP, passed untouched.
+    pub const NON_VIP: usize = 6;
+    /// ARP requests for a VIP answered with the cluster MAC.
+    pub const ARP_REPLIES: usize = 7;
+    /// Neighbour solicitations for a VIP answered with the cluster MAC.
+    pub const ND_REPLIES: usize = 8;
+    /// Accepted because the flow is tracked while its bucket is handed off.
+    pub const PASSED_TRACKED: usize = 9;
+    /// Non-first fragments accepted because we took the first.
+    pub const PASSED_FRAGMENT: usize = 10;
+    /// ICMP errors delivered to the owner of the quoted flow.
+    pub const PASSED_ICMP_ERROR: usize = 11;
+    /// Number of counters.
+    pub const COUNT: usize = 12;
+    /// Metric names, in index order.
+    pub const NAMES: [&str; COUNT] = [
+        "vip_packets",
+        "passed",
+        "dropped_not_owner",
+        "dropped_fenced",
+        "dropped_malformed",
+        "dropped_disabled",
+        "non_vip",
+        "arp_replies",
+        "nd_replies",
+        "passed_tracked",
+        "passed_fragment",
+        "passed_icmp_error",
+    ];
+}
+
+/// A TCP connection as seen from the VIP side (key of `XNLB_FLOWS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Client address, as [`addr_words`].
+    pub client: [u32; 4],
+    /// VIP address, as [`addr_words`].
+    pub vip: [u32; 4],
+    /// Client port, wire byte order.
+    pub client_port: u16,
+    /// VIP port, wire byte order.
+    pub vip_port: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Explicit padding (always zero: part of the hashed key).
+    pub _pad: [u8; 3],
+}
+
+/// What a node remembers about a connection it accepted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// Last packet accepted through tracking (ktime ns); set at SYN.
+    pub last_seen_ns: u64,
+    /// Bucket or single-slot index the flow hashed to.
+    pub slot: u32,
+    /// [`flow_flag`] bits.
+    pub flags: u32,
+}
+
+/// Bits of [`FlowValue::flags`].
+pub mod flow_flag {
+    /// The client sent FIN or RST: the connection is ending.
+    pub const CLOSING: u32 = 1;
+}
+
+/// A fragmented datagram (key of `XNLB_FRAGS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    /// Source address, as [`addr_words`].
+    pub src: [u32; 4],
+    /// Destination (VIP) address, as [`addr_words`].
+    pub dst: [u32; 4],
+    /// IP identification (IPv4: 16 bits; IPv6: 32 bits), wire order.
+    pub id: u32,
+    /// IP protocol.
+    pub proto: u8,
+    /// Explicit padding (always zero).
+    pub _pad: [u8; 3],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `#[repr(C)]`, `Copy`, made only of integers
+    // and integer arrays, with explicit padding fields: every bit pattern is
+    // valid and none has uninitialised bytes.
+    unsafe impl aya::Pod for super::Table {}
+    unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::FragKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layout_sizes_are_stable() {
+        assert_eq!(size_of::<Rule>(), 12);
+        assert_eq!(size_of::<Vip>(), 24 + 12 * MAX_RULES);
+        let b = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+        assert_eq!(addr_bytes(&addr_words(&b)), b);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FragKey>(), 40);
+        assert_eq!(size_of::<FlowValue>(), 16);
+        assert_eq!(
+            size_of::<Table>(),
+            24 + size_of::<Vip>() * MAX_VIPS + MAX_SLOTS
+        );
+    }
+
+    #[test]
+    fn cluster_mac_uses_last_four_bytes() {
+        let mut v4 = [0u8; 16];
+        v4[..4].copy_from_slice(&[198, 18, 0, 100]);
+        assert_eq!(
+            cluster_mac(mac_mode::MULTICAST, &v4, family::V4),
+            [0x03, 0xbf, 198, 18, 0, 100]
+        );
+        let mut v6 = [0u8; 16];
+        v6[0] = 0xfd;
+        v6[12..].copy_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(
+            cluster_mac(mac_mode::UNICAST, &v6, family::V6),
+            [0x02, 0xbf, 1, 2, 3, 4]
+        );
+    }
+}

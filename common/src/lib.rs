@@ -1,0 +1,17 @@
+//! Everything the XDP program and userspace must agree on, defined once.
+//!
+//! This crate is `no_std` and dependency-free so that the very same source is
+//! compiled into the eBPF object and into the agent: the map layout
+//! ([`layout`]), the flow hash ([`hash`]) and the rule lookup ([`classify`]).
+//! Golden vectors in the tests pin the hash so that nodes built from
+//! different versions keep agreeing, and an integration test proves the
+//! compiled eBPF code computes the same values through `BPF_PROG_TEST_RUN`.
+#![no_std]
+
+pub mod classify;
+pub mod hash;
+pub mod layout;
+
+pub use classify::{match_rule, RuleMatch};
+pub use hash::{bucket_of, flow_hash, seed_from_name, FlowWords};
+pub use layout::*;

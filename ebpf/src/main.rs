@@ -1,0 +1,77 @@
+//! The xnlb XDP program: parse -> classify -> verdict.
+//!
+//! Every node of the cluster sees every packet for a VIP. This program decides,
+//! in the kernel, whether *this* node accepts it: it finds the VIP, picks the
+//! port rule, hashes the flow with the shared definition in `xnlb_common::hash`,
+//! and looks up this node's state for the bucket (or single slot) in the live
+//! [`Table`]. Everything not addressed to a VIP passes untouched.
+//!
+//! Safety rules it enforces on its own, whatever the agent does:
+//! - past the lease deadline in `XNLB_CTRL` every VIP packet is dropped (S3),
+//! - unknown slot states drop, malformed VIP packets drop and are counted,
+//! - a packet's verdict comes from exactly one [`Table`] (the agent swaps
+//!   whole tables), so no packet sees half of one epoch and half of another.
+#![no_std]
+#![no_main]
+
+mod packet;
+mod parse;
+mod reply;
+mod verdict;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, LruHashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use xnlb_common::{
+    ctrl, Counters, FlowKey, FlowValue, FragKey, Table, FLOW_TABLE_ENTRIES, FRAG_TABLE_ENTRIES,
+};
+
+/// Two tables; `XNLB_CTRL[ACTIVE]` names the live one.
+#[map]
+static XNLB_TABLES: Array<Table> = Array::pinned(2, 0);
+/// Control words: active table, lease deadline, interface MAC, layout version.
+#[map]
+static XNLB_CTRL: Array<u64> = Array::pinned(ctrl::COUNT, 0);
+/// Per-CPU counters by verdict.
+#[map]
+static XNLB_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(1, 0);
+/// TCP connections this node accepted, for connection-preserving handoff.
+#[map]
+static XNLB_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(FLOW_TABLE_ENTRIES, 0);
+/// First fragments this node accepted; later fragments follow them.
+#[map]
+static XNLB_FRAGS: LruHashMap<FragKey, u64> = LruHashMap::pinned(FRAG_TABLE_ENTRIES, 0);
+
+/// The filter attached to the interface.
+#[xdp]
+pub fn xnlb(ctx: XdpContext) -> u32 {
+    parse::process::<false>(&ctx)
+}
+
+/// Test probe: runs the same parser and classification, then writes the flow
+/// hash (8 bytes, little endian) and slot index (4 bytes) over the start of
+/// the frame, so `BPF_PROG_TEST_RUN` can prove the kernel computes what
+/// userspace computes. Never attached to an interface.
+#[xdp]
+pub fn xnlb_probe(ctx: XdpContext) -> u32 {
+    parse::process::<true>(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path; this is never linked in.
+    loop {}
+}
+
+/// Verdict codes, re-exported for the modules.
+pub(crate) const XDP_PASS: u32 = xdp_action::XDP_PASS;
+pub(crate) const XDP_DROP: u32 = xdp_action::XDP_DROP;
+pub(crate) const XDP_TX: u32 = xdp_action::XDP_TX;
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,474 @@
+//! From frame to verdict: L2 (VLAN), L3 (IPv4 options, IPv6 extension
+//! headers, fragments), L4 (ports, TCP flags, ICMP echo and errors), then the
+//! rule, the hash and this node's slot state.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use xnlb_common::{
+    counter, ctrl, family, flow_hash, ipproto, match_rule, mode, Counters, FlowWords, FragKey,
+    Table, Vip, MAX_IPV6_EXT, MAX_SLOTS, MAX_VIPS, MAX_VLAN_DEPTH,
+};
+
+use crate::packet::Frame;
+use crate::verdict::{self, Decision};
+use crate::{reply, XDP_DROP, XDP_PASS, XNLB_CTRL, XNLB_FRAGS, XNLB_STATS, XNLB_TABLES};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+/// Headers of a VIP packet must end before this offset. It bounds the
+/// variable offsets the verifier has to reason about; real traffic never
+/// comes close (2 VLAN tags + 40 + a few extension headers).
+const MAX_L4_OFF: usize = 512;
+
+/// Per-CPU counters of this packet's CPU (null if the map is missing).
+#[derive(Clone, Copy)]
+pub struct Stats(*mut Counters);
+
+impl Stats {
+    #[inline(always)]
+    fn get() -> Stats {
+        Stats(XNLB_STATS.get_ptr_mut(0).unwrap_or(core::ptr::null_mut()))
+    }
+
+    #[inline(always)]
+    pub fn bump(self, i: usize) {
+        if !self.0.is_null() && i < counter::COUNT {
+            // SAFETY: per-CPU value of this CPU; XDP runs with preemption off.
+            unsafe { (*self.0).c[i] += 1 };
+        }
+    }
+}
+
+/// What the L3/L4 parser learnt about a VIP packet, from the client's side:
+/// for an ICMP error this is the quoted flow, not the ICMP packet.
+pub struct Flow {
+    pub client: [u32; 4],
+    pub vip: [u32; 4],
+    pub proto: u8,
+    /// Wire bytes `[client port, vip port]` loaded little-endian.
+    pub ports: u32,
+    /// VIP port in host order, for the rule match.
+    pub dport: u16,
+    pub tcp_flags: u8,
+    pub icmp_error: bool,
+}
+
+/// IP fragment facts of the outer packet.
+#[derive(Clone, Copy)]
+struct Frag {
+    /// Part of a fragmented datagram (MF set or offset non-zero).
+    fragmented: bool,
+    /// Offset non-zero: carries no L4 header.
+    later: bool,
+    id: u32,
+}
+
+/// Entry point shared by the filter and the probe.
+#[inline(always)]
+pub fn process<const PROBE: bool>(ctx: &XdpContext) -> u32 {
+    let f = Frame::new(ctx);
+    let stats = Stats::get();
+    let Some(eth) = f.get::<ETH_HLEN>(0) else {
+        stats.bump(counter::DROPPED_MALFORMED);
+        return XDP_DROP;
+    };
+    // Frames sent to a cluster MAC are ours even when we cannot parse them.
+    let cluster_dst = (eth.u8(0) == 0x02 || eth.u8(0) == 0x03) && eth.u8(1) == 0xbf;
+    let unparsable = if cluster_dst {
+        stats.bump(counter::DROPPED_MALFORMED);
+        XDP_DROP
+    } else {
+        stats.bump(counter::NON_VIP);
+        XDP_PASS
+    };
+
+    let mut ethertype = eth.be16(12);
+    let mut l3 = ETH_HLEN;
+    for _ in 0..MAX_VLAN_DEPTH {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        match f.get::<4>(l3) {
+            Some(tag) => ethertype = tag.be16(2),
+            None => return unparsable,
+        }
+        l3 += 4;
+    }
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        // Deeper VLAN stack than we parse.
+        return unparsable;
+    }
+
+    let Some(active) = XNLB_CTRL.get(ctrl::ACTIVE) else {
+        return XDP_PASS;
+    };
+    let Some(table) = XNLB_TABLES.get((*active & 1) as u32) else {
+        return XDP_PASS;
+    };
+
+    match ethertype {
+        ETH_P_IP => ipv4::<PROBE>(&f, l3, table, cluster_dst, stats, unparsable),
+        ETH_P_IPV6 => ipv6::<PROBE>(&f, l3, table, cluster_dst, stats, unparsable),
+        ETH_P_ARP => reply::arp(&f, l3, table, stats),
+        _ => unparsable,
+    }
+}
+
+/// Index of the VIP with IPv4 address word `addr`.
+#[inline(always)]
+pub fn find_vip4(t: &Table, addr: u32) -> Option<usize> {
+    let n = t.nvips as usize;
+    for i in 0..MAX_VIPS {
+        if i >= n {
+            break;
+        }
+        let v = &t.vips[i];
+        if v.family == family::V4 && v.addr[0] == addr {
+            return Some(v.index as usize);
+        }
+    }
+    None
+}
+
+/// Index of the VIP with IPv6 address words `addr`.
+#[inline(always)]
+pub fn find_vip6(t: &Table, addr: &[u32; 4]) -> Option<usize> {
+    let n = t.nvips as usize;
+    for i in 0..MAX_VIPS {
+        if i >= n {
+            break;
+        }
+        let v = &t.vips[i];
+        if v.family == family::V6
+            && v.addr[0] == addr[0]
+            && v.addr[1] == addr[1]
+            && v.addr[2] == addr[2]
+            && v.addr[3] == addr[3]
+        {
+            return Some(v.index as usize);
+        }
+    }
+    None
+}
+
+/// True while the agent's lease is valid (S3).
+#[inline(always)]
+pub fn lease_valid() -> bool {
+    match XNLB_CTRL.get(ctrl::LEASE) {
+        // SAFETY: a helper call with no arguments.
+        Some(deadline) => {
+            let now = unsafe { bpf_ktime_get_ns() };
+            now < *deadline
+        }
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn drop_malformed(stats: Stats) -> u32 {
+    stats.bump(counter::DROPPED_MALFORMED);
+    XDP_DROP
+}
+
+#[inline(always)]
+fn ipv4<const PROBE: bool>(
+    f: &Frame,
+    l3: usize,
+    t: &Table,
+    cluster_dst: bool,
+    stats: Stats,
+    unparsable: u32,
+) -> u32 {
+    let Some(ip) = f.get::<20>(l3) else {
+        return unparsable;
+    };
+    let vihl = ip.u8(0);
+    if vihl >> 4 != 4 {
+        return unparsable;
+    }
+    let dst = ip.word(16);
+    let Some(vip_idx) = find_vip4(t, dst) else {
+        stats.bump(counter::NON_VIP);
+        return XDP_PASS;
+    };
+    stats.bump(counter::VIP_PACKETS);
+    if !lease_valid() {
+        stats.bump(counter::DROPPED_FENCED);
+        return XDP_DROP;
+    }
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    let total = ip.be16(2) as usize;
+    let frag = ip.be16(6);
+    if ihl < 20 || total < ihl {
+        return drop_malformed(stats);
+    }
+    let offset = ((frag & 0x1fff) as usize) * 8;
+    if offset + (total - ihl) > 65535 {
+        return drop_malformed(stats);
+    }
+    let fr = Frag {
+        fragmented: frag & 0x3fff != 0,
+        later: offset != 0,
+        id: ip.be16(4) as u32,
+    };
+    let src = [ip.word(12), 0, 0, 0];
+    let vip = [dst, 0, 0, 0];
+    finish::<PROBE>(f, l3 + ihl, t, vip_idx, family::V4, ip.u8(9), src, vip, fr, cluster_dst, stats)
+}
+
+#[inline(always)]
+fn ipv6<const PROBE: bool>(
+    f: &Frame,
+    l3: usize,
+    t: &Table,
+    cluster_dst: bool,
+    stats: Stats,
+    unparsable: u32,
+) -> u32 {
+    let Some(ip) = f.get::<40>(l3) else {
+        return unparsable;
+    };
+    if ip.u8(0) >> 4 != 6 {
+        return unparsable;
+    }
+    let next = ip.u8(6);
+    if next == ipproto::ICMPV6 {
+        if let Some(verdict) = reply::neighbour_solicitation(f, l3, t, stats) {
+            return verdict;
+        }
+    }
+    let dst = ip.words4(24);
+    let Some(vip_idx) = find_vip6(t, &dst) else {
+        stats.bump(counter::NON_VIP);
+        return XDP_PASS;
+    };
+    stats.bump(counter::VIP_PACKETS);
+    if !lease_valid() {
+        stats.bump(counter::DROPPED_FENCED);
+        return XDP_DROP;
+    }
+    let src = ip.words4(8);
+    let payload = ip.be16(4) as usize;
+    // Bounded walk over extension headers.
+    let mut off = l3 + 40;
+    let mut nh = next;
+    let mut fr = Frag {
+        fragmented: false,
+        later: false,
+        id: 0,
+    };
+    for _ in 0..MAX_IPV6_EXT {
+        if off > MAX_L4_OFF {
+            return drop_malformed(stats);
+        }
+        if !matches!(nh, 0 | 43 | 60 | 44 | 51) {
+            break;
+        }
+        let Some(ext) = f.get::<8>(off) else {
+            return drop_malformed(stats);
+        };
+        let len = ext.u8(1) as usize;
+        off += match nh {
+            // Fragment header: 8 bytes.
+            44 => {
+                let offset = ((ext.be16(2) >> 3) as usize) * 8;
+                if offset + payload > 65535 {
+                    return drop_malformed(stats);
+                }
+                fr = Frag {
+                    fragmented: true,
+                    later: offset != 0,
+                    id: ext.word(4),
+                };
+                8
+            }
+            // Authentication header: (len + 2) * 4 bytes.
+            51 => (len + 2) * 4,
+            // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
+            _ => (len + 1) * 8,
+        };
+        nh = ext.u8(0);
+    }
+    if matches!(nh, 0 | 43 | 60 | 44 | 51) || off > MAX_L4_OFF {
+        // Chain longer than we walk, or headers too long.
+        return drop_malformed(stats);
+    }
+    finish::<PROBE>(f, off, t, vip_idx, family::V6, nh, src, dst, fr, cluster_dst, stats)
+}
+
+/// L4 parse, classification and verdict for a VIP packet.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn finish<const PROBE: bool>(
+    f: &Frame,
+    l4: usize,
+    t: &Table,
+    vip_idx: usize,
+    fam: u8,
+    proto: u8,
+    src: [u32; 4],
+    dst: [u32; 4],
+    fr: Frag,
+    cluster_dst: bool,
+    stats: Stats,
+) -> u32 {
+    if l4 > MAX_L4_OFF {
+        return drop_malformed(stats);
+    }
+    let frag_key = FragKey {
+        src,
+        dst,
+        id: fr.id,
+        proto,
+        _pad: [0; 3],
+    };
+    if fr.later {
+        // No L4 header here: follow the node that took the first fragment.
+        if XNLB_FRAGS.get_ptr(&frag_key).is_some() {
+            stats.bump(counter::PASSED_FRAGMENT);
+            return accept(f, cluster_dst, stats);
+        }
+        stats.bump(counter::DROPPED_NOT_OWNER);
+        return XDP_DROP;
+    }
+    let Some(flow) = l4_flow(f, l4, fam, proto, src, dst) else {
+        return drop_malformed(stats);
+    };
+    if vip_idx >= MAX_VIPS {
+        return XDP_DROP;
+    }
+    let vip: &Vip = &t.vips[vip_idx];
+    let rule = match_rule(vip, flow.proto, flow.dport);
+    if rule.mode == mode::DISABLED {
+        stats.bump(counter::DROPPED_DISABLED);
+        return XDP_DROP;
+    }
+    let words = FlowWords::new(fam, flow.client, flow.ports, flow.proto, rule.affinity);
+    let hash = flow_hash(t.seed, &words);
+    let slot = rule.slot_index(hash, t.buckets);
+    if slot >= MAX_SLOTS {
+        return XDP_DROP;
+    }
+    if PROBE {
+        if let Some(out) = f.get::<12>(0) {
+            let h = hash.to_le_bytes();
+            let s = (slot as u32).to_le_bytes();
+            out.write::<12>(
+                0,
+                &[h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], s[0], s[1], s[2], s[3]],
+            );
+        }
+    }
+    match verdict::decide(t.state[slot], &flow, slot as u32) {
+        Decision::Drop => {
+            stats.bump(counter::DROPPED_NOT_OWNER);
+            XDP_DROP
+        }
+        d => {
+            if fr.fragmented {
+                // SAFETY: helper call; failure only loses later fragments.
+                let now = unsafe { bpf_ktime_get_ns() };
+                let _ = XNLB_FRAGS.insert(&frag_key, &now, 0);
+            }
+            if d == Decision::PassTracked {
+                stats.bump(counter::PASSED_TRACKED);
+            }
+            if flow.icmp_error {
+                stats.bump(counter::PASSED_ICMP_ERROR);
+            }
+            accept(f, cluster_dst, stats)
+        }
+    }
+}
+
+/// Pass a VIP packet up the stack, as the node's own.
+#[inline(always)]
+fn accept(f: &Frame, cluster_dst: bool, stats: Stats) -> u32 {
+    stats.bump(counter::PASSED);
+    if cluster_dst {
+        // The stack drops unicast IP sent to a multicast or foreign MAC:
+        // rewrite the cluster MAC to the interface's.
+        if let (Some(mac), Some(eth)) = (XNLB_CTRL.get(ctrl::IFMAC), f.get::<6>(0)) {
+            let m = mac.to_le_bytes();
+            eth.write::<6>(0, &[m[0], m[1], m[2], m[3], m[4], m[5]]);
+        }
+    }
+    XDP_PASS
+}
+
+/// The client-side flow of a VIP packet whose L4 header starts at `l4`.
+#[inline(always)]
+fn l4_flow(f: &Frame, l4: usize, fam: u8, proto: u8, src: [u32; 4], dst: [u32; 4]) -> Option<Flow> {
+    let mut flow = Flow {
+        client: src,
+        vip: dst,
+        proto,
+        ports: 0,
+        dport: 0,
+        tcp_flags: 0,
+        icmp_error: false,
+    };
+    match proto {
+        ipproto::TCP => {
+            let h = f.get::<14>(l4)?;
+            flow.ports = h.word(0);
+            flow.dport = h.be16(2);
+            flow.tcp_flags = h.u8(13);
+        }
+        ipproto::UDP => {
+            let h = f.get::<4>(l4)?;
+            flow.ports = h.word(0);
+            flow.dport = h.be16(2);
+        }
+        ipproto::ICMP | ipproto::ICMPV6 => {
+            let h = f.get::<8>(l4)?;
+            let ty = h.u8(0);
+            let (echo, error) = if fam == family::V4 {
+                (ty == 8 || ty == 0, matches!(ty, 3 | 4 | 11 | 12))
+            } else {
+                (ty == 128 || ty == 129, matches!(ty, 1..=4))
+            };
+            if echo {
+                // Hash on (source, echo identifier).
+                flow.ports = h.raw16(4) as u32;
+            } else if error {
+                quoted_flow(f, l4 + 8, fam, &mut flow)?;
+                flow.icmp_error = true;
+            }
+        }
+        _ => {}
+    }
+    Some(flow)
+}
+
+/// Reads the flow quoted in an ICMP error: our reply, VIP -> client, which we
+/// turn around so it hashes like the client's packets.
+#[inline(always)]
+fn quoted_flow(f: &Frame, inner: usize, fam: u8, flow: &mut Flow) -> Option<()> {
+    let (proto, inner_src, inner_dst, inner_l4) = if fam == family::V4 {
+        let ip = f.get::<20>(inner)?;
+        let vihl = ip.u8(0);
+        let ihl = ((vihl & 0x0f) as usize) * 4;
+        if vihl >> 4 != 4 || ihl < 20 {
+            return None;
+        }
+        (ip.u8(9), [ip.word(12), 0, 0, 0], [ip.word(16), 0, 0, 0], inner + ihl)
+    } else {
+        let ip = f.get::<40>(inner)?;
+        (ip.u8(6), ip.words4(8), ip.words4(24), inner + 40)
+    };
+    if proto != ipproto::TCP && proto != ipproto::UDP {
+        // Not a flow with ports: hash it like its outer source.
+        return Some(());
+    }
+    let ports = f.get::<4>(inner_l4)?;
+    flow.client = inner_dst;
+    flow.vip = inner_src;
+    flow.proto = proto;
+    flow.ports = ports.raw16(2) as u32 | (ports.raw16(0) as u32) << 16;
+    flow.dport = ports.be16(0);
+    Some(())
+}

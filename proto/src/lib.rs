@@ -1,0 +1,1 @@
+//! Sans-IO cluster protocol (work in progress).

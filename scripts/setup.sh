@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Prepares a Debian 12 machine to build and test xnlb. Idempotent: on a
+# machine already set up it only checks, in a second or two.
+#
+# Installs: Debian's rustc-web + rust-web-src (rustc 1.96 with LLVM 22 and
+# its std source, to build `core` for bpfel-unknown-none), LLVM 22 for
+# bpf-linker, the network tools the tests use, and bpf-linker itself. Mounts
+# the BPF filesystem if nothing has.
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+PKGS=(
+  rustc-web rust-web-src llvm-22-dev libpolly-22-dev libzstd-dev clang-22
+  bpftool iproute2 nftables iptables iputils-ping ethtool procps netsniff-ng
+)
+BPF_LINKER_VERSION=0.13.0
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  log "Debian packages present"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    log "cargo not found: install a Rust toolchain (rustup, stable >= 1.85) first"
+    exit 1
+  fi
+fi
+
+linker="$HOME/.cargo/bin/bpf-linker"
+if [ -x "$linker" ] && "$linker" --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+  log "bpf-linker $BPF_LINKER_VERSION present"
+else
+  log "building bpf-linker $BPF_LINKER_VERSION against LLVM 22 (about a minute)"
+  LLVM_PREFIX=/usr/lib/llvm-22 PATH="/usr/lib/llvm-22/bin:$PATH" \
+    cargo install --quiet --locked "bpf-linker@$BPF_LINKER_VERSION" \
+    --no-default-features --features llvm-22
+fi
+
+if ! mount | grep -q "on /sys/fs/bpf type bpf"; then
+  log "mounting the BPF filesystem on /sys/fs/bpf"
+  $SUDO mount -t bpf bpf /sys/fs/bpf
+fi
+log "ready"

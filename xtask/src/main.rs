@@ -1,0 +1,154 @@
+//! `cargo xtask`: the project's build and test entry points.
+//!
+//! Builds the eBPF object with whichever toolchain this machine has (Debian's
+//! rustc-web route or a rustup nightly with rust-src) and says which, then
+//! runs the test suites, the simulator and the benchmarks.
+
+mod toolchain;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "xnlb build, test and benchmark tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the XDP program into target/bpf/xnlb.bpf.o.
+    BuildEbpf {
+        /// Optimised build (always used by the agent and the tests).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build everything and run every test suite (kernel tests need root).
+    Test {
+        /// Skip the tests that need root and a BPF-capable kernel.
+        #[arg(long)]
+        no_kernel: bool,
+    },
+    /// Run the deterministic cluster simulator.
+    Sim {
+        /// Number of seeds to run.
+        #[arg(long, default_value_t = 1000)]
+        seeds: u64,
+        /// Cluster size (0: mixed sizes).
+        #[arg(long, default_value_t = 0)]
+        nodes: usize,
+        /// Replay a single seed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Run a benchmark: dataplane | converge.
+    Bench {
+        /// Which benchmark.
+        which: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.cmd {
+        Cmd::BuildEbpf { release } => {
+            build_ebpf(&root, release)?;
+        }
+        Cmd::Test { no_kernel } => test(&root, no_kernel)?,
+        Cmd::Sim { seeds, nodes, seed } => {
+            let mut args = vec!["--seeds".to_string(), seeds.to_string()];
+            args.extend(["--nodes".to_string(), nodes.to_string()]);
+            if let Some(s) = seed {
+                args.extend(["--seed".to_string(), s.to_string()]);
+            }
+            sim(&root, &args)?
+        }
+        Cmd::Bench { which } => match which.as_str() {
+            "dataplane" => {
+                build_ebpf(&root, true)?;
+                run(Command::new("cargo")
+                    .current_dir(&root)
+                    .args(["run", "--release", "-q", "-p", "xnlb-tests", "--bin", "bench-dataplane"]))?
+            }
+            "converge" => sim(&root, &["--bench-converge".to_string()])?,
+            other => bail!("unknown benchmark {other:?}: expected dataplane or converge"),
+        },
+    }
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(Path::to_path_buf).unwrap_or(here)
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Builds the eBPF crate and copies the object to `target/bpf/xnlb.bpf.o`.
+fn build_ebpf(root: &Path, release: bool) -> Result<PathBuf> {
+    let tc = toolchain::find()?;
+    eprintln!("xtask: building the XDP program with {}", tc.describe());
+    let ebpf_dir = root.join("ebpf");
+    let mut cmd = tc.cargo_build(&ebpf_dir, release);
+    run(&mut cmd)?;
+    let profile = if release { "release" } else { "debug" };
+    let built = ebpf_dir.join("target/bpfel-unknown-none").join(profile).join("xnlb");
+    let out_dir = root.join("target/bpf");
+    std::fs::create_dir_all(&out_dir)?;
+    let out = out_dir.join("xnlb.bpf.o");
+    // Only replace the object when it changed, so cargo does not rebuild the
+    // agent (which embeds it) for nothing.
+    let new = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+    if std::fs::read(&out).ok().as_deref() != Some(&new[..]) {
+        std::fs::write(&out, &new)?;
+    }
+    eprintln!("xtask: XDP object at {}", out.display());
+    Ok(out)
+}
+
+fn sim(root: &Path, args: &[String]) -> Result<()> {
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["run", "--release", "-q", "-p", "xnlb-proto", "--features", "sim", "--bin", "xnlb-sim", "--"])
+        .args(args))
+}
+
+fn is_root() -> bool {
+    std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+        || Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout.starts_with(b"0"))
+            .unwrap_or(false)
+}
+
+fn test(root: &Path, no_kernel: bool) -> Result<()> {
+    build_ebpf(root, true)?;
+    eprintln!("xtask: unit tests and the simulator");
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["test", "--release", "--workspace", "--exclude", "xnlb-tests", "--all-features"]))?;
+    if no_kernel {
+        eprintln!("xtask: --no-kernel: skipping the kernel and namespace tests");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("the kernel tests need root (CAP_BPF, CAP_NET_ADMIN): run `sudo cargo xtask test`, or `cargo xtask test --no-kernel` for the rest");
+    }
+    eprintln!("xtask: kernel tests (BPF_PROG_TEST_RUN, veth, namespaces)");
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["test", "--release", "-p", "xnlb-tests", "--", "--test-threads=1"]))
+}
