@@ -7,10 +7,13 @@ use std::path::PathBuf;
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(xnlb_bpf_embedded)");
     println!("cargo::rerun-if-env-changed=XNLB_BPF_OBJ");
-    let obj = std::env::var_os("XNLB_BPF_OBJ").map(PathBuf::from).unwrap_or_else(|| {
-        let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
-        manifest.join("../target/bpf/xnlb.bpf.o")
-    });
+    let obj = std::env::var_os("XNLB_BPF_OBJ")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let manifest =
+                PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
+            manifest.join("../target/bpf/xnlb.bpf.o")
+        });
     println!("cargo::rerun-if-changed={}", obj.display());
     if obj.is_file() {
         println!("cargo::rustc-cfg=xnlb_bpf_embedded");

@@ -4,9 +4,7 @@
 
 use std::net::IpAddr;
 
-use xnlb_common::{
-    addr_words, family, flow_hash, match_rule, mode, FlowWords, RuleMatch, Table,
-};
+use xnlb_common::{addr_words, family, flow_hash, match_rule, mode, FlowWords, RuleMatch, Table};
 
 /// A flow as seen from the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -75,15 +75,10 @@ pub fn process<const PROBE: bool>(ctx: &XdpContext) -> u32 {
         stats.bump(counter::DROPPED_MALFORMED);
         return XDP_DROP;
     };
-    // Frames sent to a cluster MAC are ours even when we cannot parse them.
+    // Frames sent to a cluster MAC are ours even when we cannot parse them:
+    // they drop as malformed; others are not ours to judge and pass.
     let cluster_dst = (eth.u8(0) == 0x02 || eth.u8(0) == 0x03) && eth.u8(1) == 0xbf;
-    let unparsable = if cluster_dst {
-        stats.bump(counter::DROPPED_MALFORMED);
-        XDP_DROP
-    } else {
-        stats.bump(counter::NON_VIP);
-        XDP_PASS
-    };
+    let unparsable = Unparsable { cluster_dst, stats };
 
     let mut ethertype = eth.be16(12);
     let mut l3 = ETH_HLEN;
@@ -93,13 +88,13 @@ pub fn process<const PROBE: bool>(ctx: &XdpContext) -> u32 {
         }
         match f.get::<4>(l3) {
             Some(tag) => ethertype = tag.be16(2),
-            None => return unparsable,
+            None => return unparsable.verdict(),
         }
         l3 += 4;
     }
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
         // Deeper VLAN stack than we parse.
-        return unparsable;
+        return unparsable.verdict();
     }
 
     let Some(active) = XNLB_CTRL.get(ctrl::ACTIVE) else {
@@ -110,10 +105,30 @@ pub fn process<const PROBE: bool>(ctx: &XdpContext) -> u32 {
     };
 
     match ethertype {
-        ETH_P_IP => ipv4::<PROBE>(&f, l3, table, cluster_dst, stats, unparsable),
-        ETH_P_IPV6 => ipv6::<PROBE>(&f, l3, table, cluster_dst, stats, unparsable),
+        ETH_P_IP => ipv4::<PROBE>(&f, l3, table, cluster_dst, stats),
+        ETH_P_IPV6 => ipv6::<PROBE>(&f, l3, table, cluster_dst, stats),
         ETH_P_ARP => reply::arp(&f, l3, table, stats),
-        _ => unparsable,
+        _ => unparsable.verdict(),
+    }
+}
+
+/// The verdict for a frame we cannot parse far enough to judge.
+#[derive(Clone, Copy)]
+struct Unparsable {
+    cluster_dst: bool,
+    stats: Stats,
+}
+
+impl Unparsable {
+    #[inline(always)]
+    fn verdict(self) -> u32 {
+        if self.cluster_dst {
+            self.stats.bump(counter::DROPPED_MALFORMED);
+            XDP_DROP
+        } else {
+            self.stats.bump(counter::NON_VIP);
+            XDP_PASS
+        }
     }
 }
 
@@ -180,14 +195,15 @@ fn ipv4<const PROBE: bool>(
     t: &Table,
     cluster_dst: bool,
     stats: Stats,
-    unparsable: u32,
 ) -> u32 {
+    // A frame that says IPv4 but is not is dropped whoever it is for: the
+    // stack would drop it too, and we cannot tell whether it was a VIP's.
     let Some(ip) = f.get::<20>(l3) else {
-        return unparsable;
+        return drop_malformed(stats);
     };
     let vihl = ip.u8(0);
     if vihl >> 4 != 4 {
-        return unparsable;
+        return drop_malformed(stats);
     }
     let dst = ip.word(16);
     let Some(vip_idx) = find_vip4(t, dst) else {
@@ -202,7 +218,8 @@ fn ipv4<const PROBE: bool>(
     let ihl = ((vihl & 0x0f) as usize) * 4;
     let total = ip.be16(2) as usize;
     let frag = ip.be16(6);
-    if ihl < 20 || total < ihl {
+    // Header shorter than its minimum, or the datagram longer than the frame.
+    if ihl < 20 || total < ihl || f.start + l3 + total > f.end {
         return drop_malformed(stats);
     }
     let offset = ((frag & 0x1fff) as usize) * 8;
@@ -226,13 +243,12 @@ fn ipv6<const PROBE: bool>(
     t: &Table,
     cluster_dst: bool,
     stats: Stats,
-    unparsable: u32,
 ) -> u32 {
     let Some(ip) = f.get::<40>(l3) else {
-        return unparsable;
+        return drop_malformed(stats);
     };
     if ip.u8(0) >> 4 != 6 {
-        return unparsable;
+        return drop_malformed(stats);
     }
     let next = ip.u8(6);
     if next == ipproto::ICMPV6 {
@@ -252,6 +268,9 @@ fn ipv6<const PROBE: bool>(
     }
     let src = ip.words4(8);
     let payload = ip.be16(4) as usize;
+    if f.start + l3 + 40 + payload > f.end {
+        return drop_malformed(stats);
+    }
     // Bounded walk over extension headers.
     let mut off = l3 + 40;
     let mut nh = next;
@@ -413,7 +432,7 @@ fn l4_flow(f: &Frame, l4: usize, fam: u8, proto: u8, src: [u32; 4], dst: [u32; 4
     };
     match proto {
         ipproto::TCP => {
-            let h = f.get::<14>(l4)?;
+            let h = f.get::<20>(l4)?;
             flow.ports = h.word(0);
             flow.dport = h.be16(2);
             flow.tcp_flags = h.u8(13);

@@ -94,6 +94,6 @@ mod tests {
             // Slowest-looking lease on a slow clock vs fastest fence on a fast one.
             assert!(l / (1.0 - e) < dead as f64 / (1.0 + e));
         }
-        assert_eq!(lease_ns(250_000_000), 240_049_505);
+        assert_eq!(lease_ns(250_000_000), 240_049_504);
     }
 }

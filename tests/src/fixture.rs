@@ -27,7 +27,9 @@ pub const TX: u32 = 3;
 pub fn object_path() -> PathBuf {
     std::env::var_os("XNLB_BPF_OBJ")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bpf/xnlb.bpf.o"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bpf/xnlb.bpf.o")
+        })
 }
 
 /// A loaded object whose pinned maps are removed on drop.
@@ -45,19 +47,25 @@ impl Fixture {
         crate::require_root();
         let path = object_path();
         let obj = std::fs::read(&path).unwrap_or_else(|e| {
-            panic!("reading {}: {e}: run `cargo xtask build-ebpf --release` first", path.display())
+            panic!(
+                "reading {}: {e}: run `cargo xtask build-ebpf --release` first",
+                path.display()
+            )
         });
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let dir = PathBuf::from(format!("/sys/fs/bpf/xnlb-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let dp = Dataplane::load(&obj, &dir).unwrap_or_else(|e| panic!("loading the XDP object: {e:?}"));
+        let dp =
+            Dataplane::load(&obj, &dir).unwrap_or_else(|e| panic!("loading the XDP object: {e:?}"));
         Fixture { dp, dir }
     }
 
     /// Installs `table` and a lease valid for an hour.
     pub fn serve(&mut self, table: &Table) {
         self.dp.install(table).expect("install table");
-        self.dp.set_lease(monotonic_ns() + 3_600_000_000_000).expect("lease");
+        self.dp
+            .set_lease(monotonic_ns() + 3_600_000_000_000)
+            .expect("lease");
         self.dp.set_if_mac(IF_MAC).expect("if mac");
     }
 

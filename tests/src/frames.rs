@@ -48,7 +48,11 @@ pub struct IpOpts {
 
 fn l4_bytes(l4: &L4, src: IpAddr, dst: IpAddr) -> (IpNextHeaderProtocol, Vec<u8>) {
     match *l4 {
-        L4::Tcp { sport, dport, flags } => {
+        L4::Tcp {
+            sport,
+            dport,
+            flags,
+        } => {
             let mut b = vec![0u8; 20];
             let mut p = MutableTcpPacket::new(&mut b).expect("tcp");
             p.set_source(sport);
@@ -193,7 +197,13 @@ pub fn ipv6_packet(
 }
 
 /// Wraps an L3 packet in Ethernet with optional VLAN tags `(tpid, vid)`.
-pub fn ethernet(dst: [u8; 6], src: [u8; 6], vlans: &[(u16, u16)], ethertype: EtherType, l3: &[u8]) -> Vec<u8> {
+pub fn ethernet(
+    dst: [u8; 6],
+    src: [u8; 6],
+    vlans: &[(u16, u16)],
+    ethertype: EtherType,
+    l3: &[u8],
+) -> Vec<u8> {
     let mut b = vec![0u8; 14 + 4 * vlans.len() + l3.len()];
     {
         let mut e = MutableEthernetPacket::new(&mut b).expect("eth");
@@ -217,7 +227,11 @@ pub const CLIENT_MAC: [u8; 6] = [0x02, 0xcc, 0, 0, 0, 0x01];
 
 /// An Ethernet frame carrying an IP packet, to `dst_mac`.
 pub fn frame(dst_mac: [u8; 6], src: IpAddr, dst: IpAddr, l4: &L4, o: &IpOpts) -> Vec<u8> {
-    let et = if src.is_ipv4() { EtherTypes::Ipv4 } else { EtherTypes::Ipv6 };
+    let et = if src.is_ipv4() {
+        EtherTypes::Ipv4
+    } else {
+        EtherTypes::Ipv6
+    };
     ethernet(dst_mac, CLIENT_MAC, &[], et, &ip_packet(src, dst, l4, o))
 }
 
@@ -243,7 +257,16 @@ pub fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
 /// solicited-node multicast address), with a source link-layer option.
 pub fn neighbour_solicitation(sender: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
     let t = target.octets();
-    let snm = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00 | t[13] as u16, u16::from_be_bytes([t[14], t[15]]));
+    let snm = Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | t[13] as u16,
+        u16::from_be_bytes([t[14], t[15]]),
+    );
     let mut m = vec![0u8; 32];
     m[0] = 135;
     m[8..24].copy_from_slice(&t);
@@ -255,19 +278,47 @@ pub fn neighbour_solicitation(sender: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
         icmpv6::checksum(&p, &sender, &snm)
     };
     m[2..4].copy_from_slice(&c.to_be_bytes());
-    let mut ip = ipv6_packet(sender, snm, IpNextHeaderProtocols::Icmpv6, &m, &IpOpts::default());
+    let mut ip = ipv6_packet(
+        sender,
+        snm,
+        IpNextHeaderProtocols::Icmpv6,
+        &m,
+        &IpOpts::default(),
+    );
     ip[7] = 255;
     let s = snm.octets();
-    ethernet([0x33, 0x33, s[12], s[13], s[14], s[15]], CLIENT_MAC, &[], EtherTypes::Ipv6, &ip)
+    ethernet(
+        [0x33, 0x33, s[12], s[13], s[14], s[15]],
+        CLIENT_MAC,
+        &[],
+        EtherTypes::Ipv6,
+        &ip,
+    )
 }
 
 /// An ICMP(v6) error from `router` to `vip` quoting our reply `vip:vport ->
 /// client:cport` (`code` is the ICMP type: 3 / v6 1 unreachable, 4 / v6 2 too big).
-pub fn icmp_error(router: IpAddr, vip: IpAddr, client: IpAddr, vport: u16, cport: u16, tcp: bool, ty: u8) -> Vec<u8> {
+pub fn icmp_error(
+    router: IpAddr,
+    vip: IpAddr,
+    client: IpAddr,
+    vport: u16,
+    cport: u16,
+    tcp: bool,
+    ty: u8,
+) -> Vec<u8> {
     let l4 = if tcp {
-        L4::Tcp { sport: vport, dport: cport, flags: ACK }
+        L4::Tcp {
+            sport: vport,
+            dport: cport,
+            flags: ACK,
+        }
     } else {
-        L4::Udp { sport: vport, dport: cport, len: 4 }
+        L4::Udp {
+            sport: vport,
+            dport: cport,
+            len: 4,
+        }
     };
     let quoted = ip_packet(vip, client, &l4, &IpOpts::default());
     let mut m = vec![0u8; 8];

@@ -36,7 +36,11 @@ fn rule(proto: u8, lo: u16, hi: u16, m: u8, aff: u8, slot: u16) -> Rule {
 fn vip(addr: IpAddr, index: u16, mac: u8, default_mode: u8) -> Vip {
     let mut v = Vip {
         addr: addr_words(&ip_bytes(addr)),
-        family: if addr.is_ipv4() { family::V4 } else { family::V6 },
+        family: if addr.is_ipv4() {
+            family::V4
+        } else {
+            family::V6
+        },
         mac_mode: mac,
         default_mode,
         default_slot: SLOT_DEFAULT,
@@ -46,10 +50,38 @@ fn vip(addr: IpAddr, index: u16, mac: u8, default_mode: u8) -> Vip {
     let rules = [
         rule(proto_mask::TCP, 80, 80, mode::MULTIPLE, affinity::NONE, 0),
         rule(proto_mask::UDP, 53, 53, mode::MULTIPLE, affinity::SINGLE, 0),
-        rule(proto_mask::TCP, 443, 443, mode::MULTIPLE, affinity::NETWORK, 0),
-        rule(proto_mask::TCP | proto_mask::UDP, 8000, 8100, mode::SINGLE, affinity::NONE, SLOT_RULE_SINGLE),
-        rule(proto_mask::TCP | proto_mask::UDP, 9000, 9000, mode::DISABLED, affinity::NONE, 0),
-        rule(proto_mask::TCP | proto_mask::UDP, 1, 65535, mode::MULTIPLE, affinity::NONE, 0),
+        rule(
+            proto_mask::TCP,
+            443,
+            443,
+            mode::MULTIPLE,
+            affinity::NETWORK,
+            0,
+        ),
+        rule(
+            proto_mask::TCP | proto_mask::UDP,
+            8000,
+            8100,
+            mode::SINGLE,
+            affinity::NONE,
+            SLOT_RULE_SINGLE,
+        ),
+        rule(
+            proto_mask::TCP | proto_mask::UDP,
+            9000,
+            9000,
+            mode::DISABLED,
+            affinity::NONE,
+            0,
+        ),
+        rule(
+            proto_mask::TCP | proto_mask::UDP,
+            1,
+            65535,
+            mode::MULTIPLE,
+            affinity::NONE,
+            0,
+        ),
     ];
     v.rules[..rules.len()].copy_from_slice(&rules);
     v.nrules = rules.len() as u8;

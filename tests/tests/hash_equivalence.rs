@@ -43,8 +43,26 @@ fn kernel_and_userspace_agree_on_10000_random_flows() {
         let kind = rng.gen_range(0..3);
         per_kind[kind + if v6 { 3 } else { 0 }] += 1;
         let (l4, proto, cport, vport) = match kind {
-            0 => (L4::Tcp { sport, dport, flags: 0x10 }, ipproto::TCP, sport, dport),
-            1 => (L4::Udp { sport, dport, len: 8 }, ipproto::UDP, sport, dport),
+            0 => (
+                L4::Tcp {
+                    sport,
+                    dport,
+                    flags: 0x10,
+                },
+                ipproto::TCP,
+                sport,
+                dport,
+            ),
+            1 => (
+                L4::Udp {
+                    sport,
+                    dport,
+                    len: 8,
+                },
+                ipproto::UDP,
+                sport,
+                dport,
+            ),
             _ => (
                 L4::Echo { id: sport },
                 if v6 { ipproto::ICMPV6 } else { ipproto::ICMP },
@@ -52,12 +70,24 @@ fn kernel_and_userspace_agree_on_10000_random_flows() {
                 0,
             ),
         };
-        let spec = FlowSpec { vip, client, proto, client_port: cport, vip_port: vport };
+        let spec = FlowSpec {
+            vip,
+            client,
+            proto,
+            client_port: cport,
+            vip_port: vport,
+        };
         let want = classify(&t, &spec).expect("VIP in table");
         if want.rule.mode == xnlb_common::mode::DISABLED {
             continue;
         }
-        let pkt = frame([0x03, 0xbf, 0, 0, 0, 1], client, vip, &l4, &IpOpts::default());
+        let pkt = frame(
+            [0x03, 0xbf, 0, 0, 0, 1],
+            client,
+            vip,
+            &l4,
+            &IpOpts::default(),
+        );
         let (_action, hash, slot) = fx.probe(&pkt);
         assert_eq!(
             (hash, slot as usize),
@@ -68,6 +98,9 @@ fn kernel_and_userspace_agree_on_10000_random_flows() {
         checked += 1;
     }
     assert!(checked > 9_000, "only {checked} flows checked");
-    assert!(per_kind.iter().all(|&n| n > 1000), "coverage per kind {per_kind:?}");
+    assert!(
+        per_kind.iter().all(|&n| n > 1000),
+        "coverage per kind {per_kind:?}"
+    );
     println!("{checked} flows agree; per (v4 tcp, udp, icmp, v6 tcp, udp, icmp): {per_kind:?}");
 }

@@ -71,9 +71,15 @@ fn main() -> Result<()> {
         Cmd::Bench { which } => match which.as_str() {
             "dataplane" => {
                 build_ebpf(&root, true)?;
-                run(Command::new("cargo")
-                    .current_dir(&root)
-                    .args(["run", "--release", "-q", "-p", "xnlb-tests", "--bin", "bench-dataplane"]))?
+                run(Command::new("cargo").current_dir(&root).args([
+                    "run",
+                    "--release",
+                    "-q",
+                    "-p",
+                    "xnlb-tests",
+                    "--bin",
+                    "bench-dataplane",
+                ]))?
             }
             "converge" => sim(&root, &["--bench-converge".to_string()])?,
             other => bail!("unknown benchmark {other:?}: expected dataplane or converge"),
@@ -104,7 +110,10 @@ fn build_ebpf(root: &Path, release: bool) -> Result<PathBuf> {
     let mut cmd = tc.cargo_build(&ebpf_dir, release);
     run(&mut cmd)?;
     let profile = if release { "release" } else { "debug" };
-    let built = ebpf_dir.join("target/bpfel-unknown-none").join(profile).join("xnlb");
+    let built = ebpf_dir
+        .join("target/bpfel-unknown-none")
+        .join(profile)
+        .join("xnlb");
     let out_dir = root.join("target/bpf");
     std::fs::create_dir_all(&out_dir)?;
     let out = out_dir.join("xnlb.bpf.o");
@@ -121,7 +130,18 @@ fn build_ebpf(root: &Path, release: bool) -> Result<PathBuf> {
 fn sim(root: &Path, args: &[String]) -> Result<()> {
     run(Command::new("cargo")
         .current_dir(root)
-        .args(["run", "--release", "-q", "-p", "xnlb-proto", "--features", "sim", "--bin", "xnlb-sim", "--"])
+        .args([
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "xnlb-proto",
+            "--features",
+            "sim",
+            "--bin",
+            "xnlb-sim",
+            "--",
+        ])
         .args(args))
 }
 
@@ -137,9 +157,14 @@ fn is_root() -> bool {
 fn test(root: &Path, no_kernel: bool) -> Result<()> {
     build_ebpf(root, true)?;
     eprintln!("xtask: unit tests and the simulator");
-    run(Command::new("cargo")
-        .current_dir(root)
-        .args(["test", "--release", "--workspace", "--exclude", "xnlb-tests", "--all-features"]))?;
+    run(Command::new("cargo").current_dir(root).args([
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "xnlb-tests",
+        "--all-features",
+    ]))?;
     if no_kernel {
         eprintln!("xtask: --no-kernel: skipping the kernel and namespace tests");
         return Ok(());
@@ -148,7 +173,12 @@ fn test(root: &Path, no_kernel: bool) -> Result<()> {
         bail!("the kernel tests need root (CAP_BPF, CAP_NET_ADMIN): run `sudo cargo xtask test`, or `cargo xtask test --no-kernel` for the rest");
     }
     eprintln!("xtask: kernel tests (BPF_PROG_TEST_RUN, veth, namespaces)");
-    run(Command::new("cargo")
-        .current_dir(root)
-        .args(["test", "--release", "-p", "xnlb-tests", "--", "--test-threads=1"]))
+    run(Command::new("cargo").current_dir(root).args([
+        "test",
+        "--release",
+        "-p",
+        "xnlb-tests",
+        "--",
+        "--test-threads=1",
+    ]))
 }

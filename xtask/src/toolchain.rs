@@ -105,8 +105,13 @@ impl Toolchain {
         if let Toolchain::Nightly { .. } = self {
             cmd.arg("+nightly");
         }
-        cmd.current_dir(dir)
-            .args(["build", "-Z", "build-std=core", "--target", "bpfel-unknown-none"]);
+        cmd.current_dir(dir).args([
+            "build",
+            "-Z",
+            "build-std=core",
+            "--target",
+            "bpfel-unknown-none",
+        ]);
         if release {
             cmd.arg("--release");
         }

@@ -94,9 +94,7 @@ impl Dataplane {
     }
 
     fn ctrl_get(&mut self, index: u32) -> Result<u64, DataplaneError> {
-        self.ctrl()?
-            .get(&index, 0)
-            .map_err(map_err(map_name::CTRL))
+        self.ctrl()?.get(&index, 0).map_err(map_err(map_name::CTRL))
     }
 
     fn ctrl_set(&mut self, index: u32, value: u64) -> Result<(), DataplaneError> {
