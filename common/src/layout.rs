@@ -31,6 +31,10 @@ pub const PROG_FILTER: &str = "xnlb";
 /// classification into the frame instead of filtering (tests only).
 pub const PROG_PROBE: &str = "xnlb_probe";
 
+/// Name of the bare `XDP_DROP` program the data-plane benchmark compares
+/// against.
+pub const PROG_BENCH_BASELINE: &str = "xnlb_bench_drop";
+
 /// Largest supported `buckets` setting.
 pub const MAX_BUCKETS: u32 = 16384;
 /// Slots after the buckets, one per `single`-mode rule or VIP default.

@@ -75,3 +75,10 @@ pub(crate) const XDP_TX: u32 = xdp_action::XDP_TX;
 #[link_section = "license"]
 #[no_mangle]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+/// Benchmark baseline: the cheapest possible XDP program. `cargo xtask
+/// bench dataplane` reports every xnlb path as a ratio to it. Never attached.
+#[xdp]
+pub fn xnlb_bench_drop(_ctx: XdpContext) -> u32 {
+    XDP_DROP
+}

@@ -233,7 +233,19 @@ fn ipv4<const PROBE: bool>(
     };
     let src = [ip.word(12), 0, 0, 0];
     let vip = [dst, 0, 0, 0];
-    finish::<PROBE>(f, l3 + ihl, t, vip_idx, family::V4, ip.u8(9), src, vip, fr, cluster_dst, stats)
+    finish::<PROBE>(
+        f,
+        l3 + ihl,
+        t,
+        vip_idx,
+        family::V4,
+        ip.u8(9),
+        src,
+        vip,
+        fr,
+        cluster_dst,
+        stats,
+    )
 }
 
 #[inline(always)]
@@ -315,7 +327,19 @@ fn ipv6<const PROBE: bool>(
         // Chain longer than we walk, or headers too long.
         return drop_malformed(stats);
     }
-    finish::<PROBE>(f, off, t, vip_idx, family::V6, nh, src, dst, fr, cluster_dst, stats)
+    finish::<PROBE>(
+        f,
+        off,
+        t,
+        vip_idx,
+        family::V6,
+        nh,
+        src,
+        dst,
+        fr,
+        cluster_dst,
+        stats,
+    )
 }
 
 /// L4 parse, classification and verdict for a VIP packet.
@@ -377,7 +401,9 @@ fn finish<const PROBE: bool>(
             let s = (slot as u32).to_le_bytes();
             out.write::<12>(
                 0,
-                &[h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], s[0], s[1], s[2], s[3]],
+                &[
+                    h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], s[0], s[1], s[2], s[3],
+                ],
             );
         }
     }
@@ -474,7 +500,12 @@ fn quoted_flow(f: &Frame, inner: usize, fam: u8, flow: &mut Flow) -> Option<()> 
         if vihl >> 4 != 4 || ihl < 20 {
             return None;
         }
-        (ip.u8(9), [ip.word(12), 0, 0, 0], [ip.word(16), 0, 0, 0], inner + ihl)
+        (
+            ip.u8(9),
+            [ip.word(12), 0, 0, 0],
+            [ip.word(16), 0, 0, 0],
+            inner + ihl,
+        )
     } else {
         let ip = f.get::<40>(inner)?;
         (ip.u8(6), ip.words4(8), ip.words4(24), inner + 40)

@@ -87,7 +87,12 @@ pub fn neighbour_solicitation(f: &Frame, l3: usize, t: &Table, stats: Stats) -> 
     // A well-formed NS with one source link-layer address option, hop limit
     // 255; anything else (DAD probes from ::, extra options) goes to the stack.
     let src = p.words4(8);
-    if p.be16(4) != 32 || p.u8(7) != 255 || p.u8(41) != 0 || p.read::<2>(64) != [1, 1] || src == [0; 4] {
+    if p.be16(4) != 32
+        || p.u8(7) != 255
+        || p.u8(41) != 0
+        || p.read::<2>(64) != [1, 1]
+        || src == [0; 4]
+    {
         return None;
     }
     if !lease_valid() {

@@ -4,6 +4,7 @@
 
 pub mod fixture;
 pub mod frames;
+pub mod netns;
 pub mod tables;
 
 /// Panics with a clear message unless running as root: these tests load BPF

@@ -1,0 +1,218 @@
+//! `cargo xtask bench dataplane`: nanoseconds per packet through
+//! `BPF_PROG_TEST_RUN` for each xnlb path, side by side with a bare
+//! `XDP_DROP` program in the same run, as medians of several runs.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use pnet::packet::ethernet::EtherTypes;
+use xnlb::flow::{classify, FlowSpec};
+use xnlb_common::{ipproto, slot_state, PROG_BENCH_BASELINE, PROG_FILTER};
+use xnlb_tests::fixture::Fixture;
+use xnlb_tests::frames::*;
+use xnlb_tests::tables::{half_table, VIP4, VIP6};
+
+const REPEAT: u32 = 1_000_000;
+const RUNS: usize = 7;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let mut fx = Fixture::new();
+    let mut t = half_table();
+    fx.serve(&t);
+    fx.dp
+        .program(PROG_BENCH_BASELINE)
+        .expect("baseline")
+        .load()
+        .expect("load baseline");
+    let cmac4 = [0x03, 0xbf, 198, 18, 0, 100];
+    let cmac6 = [0x03, 0xbf, 0, 0, 1, 0];
+    let c4: IpAddr = Ipv4Addr::new(198, 18, 1, 1).into();
+    let c6: IpAddr = Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 1).into();
+    let port = |vip: IpAddr, c: IpAddr, proto: u8, dport: u16, state: u8| -> (u16, usize) {
+        (1024..65535)
+            .map(|p| {
+                let cl = classify(
+                    &t,
+                    &FlowSpec {
+                        vip,
+                        client: c,
+                        proto,
+                        client_port: p,
+                        vip_port: dport,
+                    },
+                )
+                .expect("vip");
+                (p, cl.slot)
+            })
+            .find(|&(_, s)| t.state[s] == state)
+            .expect("port")
+    };
+    let (own, _) = port(VIP4.into(), c4, ipproto::TCP, 80, slot_state::OWNED);
+    let (foreign, _) = port(VIP4.into(), c4, ipproto::TCP, 80, slot_state::NOT_OWNED);
+    let (own6, _) = port(VIP6.into(), c6, ipproto::UDP, 5353, slot_state::OWNED);
+    let (rel, rel_slot) = port(VIP4.into(), c4, ipproto::TCP, 8080, slot_state::OWNED);
+    let (fport, _) = port(VIP4.into(), c4, ipproto::UDP, 5353, slot_state::OWNED);
+    let ack = |p: u16| L4::Tcp {
+        sport: p,
+        dport: 80,
+        flags: ACK,
+    };
+    let none = IpOpts::default();
+
+    // The tracked flow: SYN while owned, then the bucket is releasing.
+    let syn = frame(
+        cmac4,
+        c4,
+        VIP4.into(),
+        &L4::Tcp {
+            sport: rel,
+            dport: 8080,
+            flags: SYN,
+        },
+        &none,
+    );
+    assert_eq!(fx.run(&syn).action, 2);
+    t.state[rel_slot] = slot_state::RELEASING;
+    fx.dp.install(&t).expect("install");
+    // The fragment: first fragment accepted, then time a later one.
+    let first = IpOpts {
+        id: 77,
+        frag: Some((0, true)),
+        ..IpOpts::default()
+    };
+    let later = IpOpts {
+        id: 77,
+        frag: Some((9, false)),
+        ..IpOpts::default()
+    };
+    assert_eq!(
+        fx.run(&frame(
+            cmac4,
+            c4,
+            VIP4.into(),
+            &L4::Udp {
+                sport: fport,
+                dport: 5353,
+                len: 64
+            },
+            &first
+        ))
+        .action,
+        2
+    );
+
+    let other: IpAddr = Ipv4Addr::new(198, 18, 0, 7).into();
+    let cases: Vec<(&str, &'static str, Vec<u8>, u32)> = vec![
+        (
+            "bare XDP_DROP program",
+            PROG_BENCH_BASELINE,
+            frame(cmac4, c4, other, &ack(1), &none),
+            1,
+        ),
+        (
+            "non-VIP packet (passed)",
+            PROG_FILTER,
+            frame([2, 0, 0, 0, 0, 9], c4, other, &ack(1), &none),
+            2,
+        ),
+        (
+            "owned IPv4 TCP",
+            PROG_FILTER,
+            frame(cmac4, c4, VIP4.into(), &ack(own), &none),
+            2,
+        ),
+        (
+            "not-owned IPv4 TCP",
+            PROG_FILTER,
+            frame(cmac4, c4, VIP4.into(), &ack(foreign), &none),
+            1,
+        ),
+        (
+            "owned IPv6 UDP",
+            PROG_FILTER,
+            frame(
+                cmac6,
+                c6,
+                VIP6.into(),
+                &L4::Udp {
+                    sport: own6,
+                    dport: 5353,
+                    len: 32,
+                },
+                &none,
+            ),
+            2,
+        ),
+        (
+            "owned IPv4 TCP, 802.1Q",
+            PROG_FILTER,
+            ethernet(
+                cmac4,
+                CLIENT_MAC,
+                &[(0x8100, 5)],
+                EtherTypes::Ipv4,
+                &ip_packet(c4, VIP4.into(), &ack(own), &none),
+            ),
+            2,
+        ),
+        (
+            "later IPv4 fragment (followed)",
+            PROG_FILTER,
+            frame(
+                cmac4,
+                c4,
+                VIP4.into(),
+                &L4::Raw {
+                    proto: ipproto::UDP,
+                    payload: vec![0; 32],
+                },
+                &later,
+            ),
+            2,
+        ),
+        (
+            "tracked TCP flow, releasing bucket",
+            PROG_FILTER,
+            frame(
+                cmac4,
+                c4,
+                VIP4.into(),
+                &L4::Tcp {
+                    sport: rel,
+                    dport: 8080,
+                    flags: ACK,
+                },
+                &none,
+            ),
+            2,
+        ),
+    ];
+    for (name, prog, f, want) in &cases {
+        let action = if *prog == PROG_FILTER {
+            fx.run(f).action
+        } else {
+            *want
+        };
+        assert_eq!(action, *want, "{name}: unexpected verdict");
+    }
+    // Interleave runs so drift on a shared machine hits every case alike.
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    for _ in 0..RUNS {
+        for (i, (_, prog, f, _)) in cases.iter().enumerate() {
+            samples[i].push(fx.time(prog, f, REPEAT));
+        }
+    }
+    let medians: Vec<f64> = samples.into_iter().map(median).collect();
+    let base = medians[0];
+    println!(
+        "xnlb data plane, BPF_PROG_TEST_RUN, {REPEAT} repeats x {RUNS} runs, median ns/packet"
+    );
+    println!("{:<38} {:>9} {:>9}", "path", "ns/pkt", "vs bare");
+    for ((name, ..), m) in cases.iter().zip(&medians) {
+        println!("{name:<38} {m:>9.1} {:>8.2}x", m / base);
+    }
+}

@@ -1,0 +1,93 @@
+//! Network namespaces the tests create and always remove.
+//!
+//! Only namespaces created here are touched, only addresses from
+//! 198.18.0.0/15 and fd00::/8 are used, and a guard deletes the namespace
+//! (and with it its interfaces) on drop, also when a test panics.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace that is deleted on drop.
+pub struct Netns {
+    /// Its name under /run/netns.
+    pub name: String,
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {shown}: {e}"));
+    assert!(
+        out.status.success(),
+        "{shown} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A name unique to this process and call, short enough for an interface.
+pub fn unique(tag: &str) -> String {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("x{}{}{}", tag, std::process::id() % 100_000, n)
+}
+
+impl Netns {
+    /// Creates a namespace with loopback up.
+    pub fn new(tag: &str) -> Netns {
+        crate::require_root();
+        let name = unique(tag);
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns { name };
+        ns.sh("ip link set lo up");
+        ns
+    }
+
+    /// Runs a shell command inside the namespace; panics on failure.
+    pub fn sh(&self, script: &str) -> String {
+        let out =
+            run_ok(Command::new("ip").args(["netns", "exec", &self.name, "sh", "-c", script]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `f` on a thread that has entered the namespace: sockets and
+    /// netlink calls it makes live there.
+    pub fn enter<R: Send, F: FnOnce() -> R + Send>(&self, f: F) -> R {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                // SAFETY: a valid namespace fd; affects only this thread.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Creates a veth pair `a` in `na` and `b` in `nb`, both up.
+pub fn veth(na: &Netns, a: &str, nb: &Netns, b: &str) {
+    let tmp = unique("v");
+    run_ok(Command::new("ip").args([
+        "link", "add", &tmp, "netns", &na.name, "type", "veth", "peer", "name", b, "netns",
+        &nb.name,
+    ]));
+    na.sh(&format!("ip link set {tmp} name {a} && ip link set {a} up"));
+    nb.sh(&format!("ip link set {b} up"));
+}
