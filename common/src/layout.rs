@@ -74,8 +74,9 @@ pub mod slot_state {
 pub mod ctrl {
     /// Which of the two tables is live (0 or 1).
     pub const ACTIVE: u32 = 0;
-    /// Lease deadline in `bpf_ktime_get_ns` (CLOCK_MONOTONIC) nanoseconds;
-    /// past it every VIP packet is dropped as fenced.
+    /// Lease deadline in CLOCK_MONOTONIC nanoseconds, compared with the
+    /// coarse clock (`bpf_ktime_get_coarse_ns`, up to one tick behind); past
+    /// it every VIP packet is dropped as fenced.
     pub const LEASE: u32 = 1;
     /// MAC of the attached interface in the low 6 bytes (wire order).
     pub const IFMAC: u32 = 2;

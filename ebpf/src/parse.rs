@@ -2,7 +2,7 @@
 //! headers, fragments), L4 (ports, TCP flags, ICMP echo and errors), then the
 //! rule, the hash and this node's slot state.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use xnlb_common::{
     counter, ctrl, family, flow_hash, ipproto, match_rule, mode, Counters, FlowWords, FragKey,
     Table, Vip, MAX_IPV6_EXT, MAX_SLOTS, MAX_VIPS, MAX_VLAN_DEPTH,
@@ -169,15 +169,21 @@ pub fn find_vip6(t: &Table, addr: &[u32; 4]) -> Option<usize> {
     None
 }
 
+/// Now, on CLOCK_MONOTONIC_COARSE: the timekeeper's last tick, read without
+/// touching the clock source. It costs a few nanoseconds where a precise
+/// `bpf_ktime_get_ns` costs tens in a VM, and lags the precise clock by at
+/// most one tick, which the agent subtracts from every lease it writes.
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: a helper call with no arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
 /// True while the agent's lease is valid (S3).
 #[inline(always)]
 pub fn lease_valid() -> bool {
     match XNLB_CTRL.get(ctrl::LEASE) {
-        // SAFETY: a helper call with no arguments.
-        Some(deadline) => {
-            let now = unsafe { bpf_ktime_get_ns() };
-            now < *deadline
-        }
+        Some(deadline) => now() < *deadline,
         None => false,
     }
 }
@@ -414,9 +420,8 @@ fn finish<const PROBE: bool>(
         }
         d => {
             if fr.fragmented {
-                // SAFETY: helper call; failure only loses later fragments.
-                let now = unsafe { bpf_ktime_get_ns() };
-                let _ = XNLB_FRAGS.insert(&frag_key, &now, 0);
+                // Failure only loses the later fragments.
+                let _ = XNLB_FRAGS.insert(&frag_key, &now(), 0);
             }
             if d == Decision::PassTracked {
                 stats.bump(counter::PASSED_TRACKED);

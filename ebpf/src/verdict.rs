@@ -17,7 +17,7 @@
 
 use xnlb_common::{flow_flag, ipproto, slot_state, FlowKey, FlowValue};
 
-use crate::parse::Flow;
+use crate::parse::{now, Flow};
 use crate::XNLB_FLOWS;
 
 const TCP_FIN: u8 = 0x01;
@@ -43,12 +43,6 @@ fn key(flow: &Flow) -> FlowKey {
         proto: flow.proto,
         _pad: [0; 3],
     }
-}
-
-#[inline(always)]
-fn now() -> u64 {
-    // SAFETY: a helper call with no arguments.
-    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
 }
 
 #[inline(always)]

@@ -54,7 +54,7 @@ fn main() {
     let (own, _) = port(VIP4.into(), c4, ipproto::TCP, 80, slot_state::OWNED);
     let (foreign, _) = port(VIP4.into(), c4, ipproto::TCP, 80, slot_state::NOT_OWNED);
     let (own6, _) = port(VIP6.into(), c6, ipproto::UDP, 5353, slot_state::OWNED);
-    let (rel, rel_slot) = port(VIP4.into(), c4, ipproto::TCP, 8080, slot_state::OWNED);
+    let (rel, rel_slot) = port(VIP4.into(), c4, ipproto::TCP, 8200, slot_state::OWNED);
     let (fport, _) = port(VIP4.into(), c4, ipproto::UDP, 5353, slot_state::OWNED);
     let ack = |p: u16| L4::Tcp {
         sport: p,
@@ -70,7 +70,7 @@ fn main() {
         VIP4.into(),
         &L4::Tcp {
             sport: rel,
-            dport: 8080,
+            dport: 8200,
             flags: SYN,
         },
         &none,
@@ -183,7 +183,7 @@ fn main() {
                 VIP4.into(),
                 &L4::Tcp {
                     sport: rel,
-                    dport: 8080,
+                    dport: 8200,
                     flags: ACK,
                 },
                 &none,
