@@ -1,5 +1,13 @@
 //! The xnlb agent: the IO shell around the protocol core (`xnlb-proto`) and
 //! the XDP data plane (`ebpf/`), plus the command line that manages it.
 
+pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod flow;
+pub mod host;
+pub mod key;
+pub mod metrics;
+pub mod plan;
+pub mod runtime;
+pub mod status;

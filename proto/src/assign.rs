@@ -179,7 +179,12 @@ impl ClusterState {
                         *p = 0;
                     }
                 }
-                Op::Admit { id, incarnation, weight, drained } => {
+                Op::Admit {
+                    id,
+                    incarnation,
+                    weight,
+                    drained,
+                } => {
                     if let Some(m) = next.member_mut(id) {
                         if !m.standing.participates() {
                             m.standing = if drained || m.role == Role::Witness {
@@ -262,7 +267,27 @@ impl ClusterState {
             .filter(|m| m.role == Role::Standby && m.standing == Standing::Active)
             .collect();
         standbys.sort_by_key(|m| m.id);
-        out.extend(standbys.iter().take(failed_actives).map(|m| (m.id, m.weight)));
+        // One-for-one: the k-th standby stands in for the k-th failed active
+        // with that active's weight, so nobody else's share changes.
+        let mut failed: Vec<&MemberRec> = self
+            .members
+            .iter()
+            .filter(|m| {
+                m.role == Role::Active
+                    && matches!(
+                        m.standing,
+                        Standing::Absent | Standing::Fenced | Standing::Left
+                    )
+            })
+            .collect();
+        failed.sort_by_key(|m| m.id);
+        out.extend(
+            standbys
+                .iter()
+                .zip(failed.iter())
+                .take(failed_actives)
+                .map(|(s, f)| (s.id, f.weight)),
+        );
         out.sort_by_key(|&(id, _)| id);
         out
     }
@@ -300,7 +325,8 @@ impl ClusterState {
                 self.move_slot(s, 0);
             }
         } else {
-            let mut counts: Vec<usize> = serving.iter().map(|&(id, _)| self.buckets_of(id)).collect();
+            let mut counts: Vec<usize> =
+                serving.iter().map(|&(id, _)| self.buckets_of(id)).collect();
             let index = |id: u8| serving.iter().position(|&(m, _)| m == id);
             let mut pool = Vec::new();
             // Members above target give up their highest buckets.
@@ -388,7 +414,12 @@ mod tests {
         let members = roles
             .iter()
             .enumerate()
-            .map(|(i, &role)| MemberConfig { id: i as u8 + 1, role, weight: 100, addrs: 1 })
+            .map(|(i, &role)| MemberConfig {
+                id: i as u8 + 1,
+                role,
+                weight: 100,
+                addrs: 1,
+            })
             .collect();
         let mut c = Config::with_defaults(1, members);
         c.buckets = buckets;
@@ -396,7 +427,12 @@ mod tests {
     }
 
     fn admit(id: u8) -> Op {
-        Op::Admit { id, incarnation: 1, weight: 100, drained: false }
+        Op::Admit {
+            id,
+            incarnation: 1,
+            weight: 100,
+            drained: false,
+        }
     }
 
     fn moved(a: &ClusterState, b: &ClusterState) -> Vec<(usize, u8, u8)> {
@@ -412,7 +448,10 @@ mod tests {
         for &(id, w) in &serving {
             let share = s.buckets as f64 * w as f64 / total as f64;
             let c = s.buckets_of(id) as f64;
-            assert!((c - share).abs() < 1.0, "member {id} owns {c}, share {share}");
+            assert!(
+                (c - share).abs() < 1.0,
+                "member {id} owns {c}, share {share}"
+            );
         }
         assert!(s.owner[..s.buckets as usize].iter().all(|&o| o != 0));
     }
@@ -429,7 +468,10 @@ mod tests {
             assert_ne!(to, 3);
         }
         assert_eq!(moved(&s, &after).len(), s.buckets_of(3));
-        assert!(after.prev.iter().all(|&p| p == 0), "a failed member hands nothing off");
+        assert!(
+            after.prev.iter().all(|&p| p == 0),
+            "a failed member hands nothing off"
+        );
     }
 
     #[test]
@@ -441,7 +483,10 @@ mod tests {
         let m = moved(&s, &after);
         assert!(m.iter().all(|&(_, _, to)| to == 4));
         assert_eq!(m.len(), after.buckets_of(4));
-        assert!(m.iter().all(|&(b, from, _)| after.prev[b] == from), "graceful moves hand off");
+        assert!(
+            m.iter().all(|&(b, from, _)| after.prev[b] == from),
+            "graceful moves hand off"
+        );
     }
 
     #[test]
@@ -454,7 +499,12 @@ mod tests {
         let ops: Vec<Op> = c
             .members
             .iter()
-            .map(|m| Op::Admit { id: m.id, incarnation: 1, weight: m.weight, drained: false })
+            .map(|m| Op::Admit {
+                id: m.id,
+                incarnation: 1,
+                weight: m.weight,
+                drained: false,
+            })
             .collect();
         s = s.apply(&ops);
         assert_balanced(&s);
@@ -468,7 +518,10 @@ mod tests {
 
     #[test]
     fn standby_replaces_a_failed_active_one_for_one_and_gives_back() {
-        let c = cfg(&[Role::Active, Role::Active, Role::Standby, Role::Witness], 4096);
+        let c = cfg(
+            &[Role::Active, Role::Active, Role::Standby, Role::Witness],
+            4096,
+        );
         let s = ClusterState::genesis(&c).apply(&(1..=4).map(admit).collect::<Vec<_>>());
         assert_eq!(s.buckets_of(3), 0, "standby idle while actives are up");
         assert_eq!(s.buckets_of(4), 0, "witness owns nothing");

@@ -124,7 +124,10 @@ impl Config {
                 return Err(ConfigError::DuplicateMember(m.id));
             }
             if !(1..=10_000).contains(&m.weight) {
-                return Err(ConfigError::BadWeight { id: m.id, weight: m.weight });
+                return Err(ConfigError::BadWeight {
+                    id: m.id,
+                    weight: m.weight,
+                });
             }
             if m.addrs == 0 {
                 return Err(ConfigError::NoAddrs(m.id));
@@ -151,7 +154,9 @@ impl Config {
             }
         }
         if self.heartbeat_interval_ns < MS {
-            return Err(ConfigError::BadTimers("heartbeat_interval below 1 ms".into()));
+            return Err(ConfigError::BadTimers(
+                "heartbeat_interval below 1 ms".into(),
+            ));
         }
         if self.dead_after_ns < 3 * self.heartbeat_interval_ns {
             return Err(ConfigError::BadTimers(

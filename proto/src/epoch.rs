@@ -84,11 +84,14 @@ pub struct PendingAccept {
     pub ready_at: Time,
 }
 
+/// A voter's promise: its id and the value it accepted before, if any.
+pub type PromiseFrom = (u8, Option<(Ballot, Vec<Op>)>);
+
 /// Where a proposal is.
 #[derive(Clone, Debug)]
 pub enum Phase {
     /// Collecting promises: (voter, its accepted value).
-    Preparing(Vec<(u8, Option<(Ballot, Vec<Op>)>)>),
+    Preparing(Vec<PromiseFrom>),
     /// Collecting acceptances of `ops`.
     Accepting {
         /// The value.
@@ -127,8 +130,12 @@ pub fn round_of(b: Ballot) -> u64 {
 pub fn describe(op: &Op) -> String {
     match op {
         Op::Fence { id } => format!("member {id} fenced"),
-        Op::Admit { id, drained: false, .. } => format!("member {id} joined"),
-        Op::Admit { id, drained: true, .. } => format!("member {id} joined drained"),
+        Op::Admit {
+            id, drained: false, ..
+        } => format!("member {id} joined"),
+        Op::Admit {
+            id, drained: true, ..
+        } => format!("member {id} joined drained"),
         Op::Drain { id } => format!("member {id} draining"),
         Op::Resume { id } => format!("member {id} resumed"),
         Op::Leave { id } => format!("member {id} leaving"),

@@ -25,7 +25,11 @@ impl ReplayWindow {
         }
         if seq > self.highest {
             let shift = seq - self.highest;
-            self.seen = if shift >= Self::WIDTH { 0 } else { self.seen << shift };
+            self.seen = if shift >= Self::WIDTH {
+                0
+            } else {
+                self.seen << shift
+            };
             self.seen |= 1;
             self.highest = seq;
             return true;
@@ -102,9 +106,7 @@ impl Peer {
     pub fn liveness(&self, now: Time, since: Time, interval: u64, dead_after: u64) -> Liveness {
         let last = self.last_heard.unwrap_or(since).max(since);
         let silent = now.since(last);
-        if self.last_heard.is_none() && silent >= dead_after {
-            Liveness::Dead
-        } else if silent >= dead_after {
+        if silent >= dead_after {
             Liveness::Dead
         } else if self.last_heard.is_none() || silent > 2 * interval {
             Liveness::Suspect

@@ -18,12 +18,14 @@
 //!
 //! # Proof sketch (S2, S3)
 //! Slots of a member `X` move without `X`'s cooperation only through a
-//! committed epoch with `Fence{X}`, accepted by a quorum `Qf` (never `X`).
+//! committed epoch with `Fence{X}`, accepted by a quorum `Qf`. If `X` itself
+//! is in `Qf` it revoked its own lease (`Lease(0)`, and no extension until it
+//! installs that epoch) before its vote left, so only `C ≠ X` matter below.
 //! Each acceptor `C` in `Qf`, on seeing the proposal, stops vouching for `X`
 //! at any epoch before the fencing one (its *floor*) and accepts only when its
 //! clock shows `dead_after` since it received the `sent_at` it last vouched
 //! for. `X`'s lease `T + L` needs a quorum vouching for `≥ T`; it intersects
-//! `Qf` in some `C ≠ X`, whose vouched timestamp `t ≥ T` was sent by `X` at
+//! `Qf` in some `C`; if `C = X` we are done, else `C`'s vouched timestamp `t ≥ T` was sent by `X` at
 //! real time `r(t)` and received no earlier. So `C` accepted at real time
 //! `≥ r(t) + dead_after/(1+ε)`, while `X`'s lease ends, by `X`'s own clock,
 //! at real time `≤ r(T) + L/(1−ε) ≤ r(t) + L/(1−ε)`. With

@@ -99,6 +99,11 @@ pub struct Heartbeat {
     pub handoff_done: u64,
     /// Sender's count of operator `rebalance` requests.
     pub rebalance_requests: u32,
+    /// Whether the sender sees a quorum (only such a node may coordinate).
+    pub quorum: bool,
+    /// The sender holds an accepted value or a fencing floor for the next
+    /// epoch: the coordinator must decide it, even as a no-op.
+    pub undecided: bool,
     /// For naming a fingerprint mismatch.
     pub summary: ConfigSummary,
 }
@@ -378,6 +383,8 @@ mod tests {
                 weight: 10_000,
                 handoff_done: u64::MAX,
                 rebalance_requests: u32::MAX,
+                quorum: true,
+                undecided: true,
                 summary: ConfigSummary {
                     buckets: 16384,
                     singles: 256,
@@ -431,9 +438,21 @@ mod tests {
             })
             .collect();
         for body in [
-            Body::Accept { epoch: u64::MAX, ballot: u64::MAX, ops: ops.clone() },
-            Body::Commit { epoch: u64::MAX, ops: ops.clone(), digest: u64::MAX },
-            Body::Promise { epoch: u64::MAX, ballot: 1, accepted: Some((u64::MAX, ops)) },
+            Body::Accept {
+                epoch: u64::MAX,
+                ballot: u64::MAX,
+                ops: ops.clone(),
+            },
+            Body::Commit {
+                epoch: u64::MAX,
+                ops: ops.clone(),
+                digest: u64::MAX,
+            },
+            Body::Promise {
+                epoch: u64::MAX,
+                ballot: 1,
+                accepted: Some((u64::MAX, ops)),
+            },
             Body::SnapshotChunk {
                 epoch: u64::MAX,
                 digest: u64::MAX,
@@ -442,7 +461,10 @@ mod tests {
                 data: vec![0xff; SNAPSHOT_CHUNK],
             },
         ] {
-            let m = Message { header: header(), body };
+            let m = Message {
+                header: header(),
+                body,
+            };
             let bytes = encode(&a, &m).expect("must fit MAX_DATAGRAM");
             assert!(bytes.len() <= MAX_DATAGRAM, "{} bytes", bytes.len());
         }

@@ -44,6 +44,9 @@ pub enum DataplaneError {
     /// Creating the pin directory failed.
     #[error("creating {0}: {1}")]
     PinDir(PathBuf, std::io::Error),
+    /// Attaching, pinning or adopting the XDP link failed.
+    #[error("XDP link: {0}")]
+    Link(String),
     /// A table is invalid.
     #[error("invalid table: {0}")]
     BadTable(&'static str),

@@ -1,0 +1,144 @@
+//! Prometheus text on `[control] metrics` (`GET /metrics`).
+//!
+//! Each scrape asks the protocol thread for a status snapshot and renders it
+//! with `prometheus-client`; nothing is kept between scrapes, so a metric
+//! can never drift from what `xnlb status` says.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::control::server::Command;
+use crate::runtime::status_via;
+use crate::status::StatusView;
+
+type Labels = Vec<(String, String)>;
+
+/// Renders `s` in the Prometheus text format.
+pub fn render(s: &StatusView) -> String {
+    let mut reg = Registry::with_prefix("xnlb");
+    let packets = Family::<Labels, Counter>::default();
+    for (verdict, v) in &s.counters {
+        packets
+            .get_or_create(&vec![("verdict".into(), verdict.clone())])
+            .inc_by(*v);
+    }
+    reg.register(
+        "packets",
+        "Data-plane packets by verdict (all CPUs)",
+        packets,
+    );
+    let members = Family::<Labels, Gauge>::default();
+    for st in ["alive", "suspect", "dead", "left", "draining", "drained"] {
+        let n = s.members.iter().filter(|m| m.state == st).count() as i64;
+        members
+            .get_or_create(&vec![("state".into(), st.into())])
+            .set(n);
+    }
+    reg.register(
+        "members",
+        "Other members by state, as this node sees them",
+        members,
+    );
+    let gauge = |v: i64| {
+        let g = Gauge::<i64>::default();
+        g.set(v);
+        g
+    };
+    reg.register(
+        "quorum",
+        "1 while this node is in a quorum",
+        gauge(s.quorum.has as i64),
+    );
+    reg.register(
+        "quorum_votes",
+        "Voters this node hears, itself included",
+        gauge(s.quorum.votes as i64),
+    );
+    reg.register(
+        "epoch",
+        "Installed epoch of the bucket map",
+        gauge(s.epoch as i64),
+    );
+    reg.register(
+        "converged",
+        "1 when all live members agree and no handoff is open",
+        gauge(s.converged as i64),
+    );
+    reg.register(
+        "buckets_owned",
+        "Buckets this node owns",
+        gauge(s.buckets.owned as i64),
+    );
+    reg.register(
+        "lease_remaining_ms",
+        "Lease left before the data plane fences itself",
+        gauge(s.lease_ms as i64),
+    );
+    let drops = Family::<Labels, Counter>::default();
+    for (reason, v) in &s.protocol_drops {
+        drops
+            .get_or_create(&vec![("reason".into(), reason.clone())])
+            .inc_by(*v);
+    }
+    reg.register(
+        "cluster_datagrams_dropped",
+        "Cluster datagrams dropped, by reason (forged, replayed, malformed...)",
+        drops,
+    );
+    let hist = Histogram::new([
+        25.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0, 750.0, 1000.0, 2000.0, 5000.0,
+    ]);
+    for ms in &s.availability.repairs_ms {
+        hist.observe(*ms);
+    }
+    reg.register(
+        "failover_repair_ms",
+        "Failover time: failed member's silence to the new epoch installed here",
+        hist,
+    );
+    let avail = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    avail.set(s.availability.availability);
+    reg.register(
+        "availability",
+        "MTBF / (MTBF + MTTR) over the agent's lifetime",
+        avail,
+    );
+    let mut out = String::new();
+    let _ = encode(&mut out, &reg);
+    out
+}
+
+/// Serves scrapes until the protocol thread is gone.
+pub async fn serve(listener: TcpListener, commands: mpsc::Sender<Command>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let commands = commands.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let (code, body) = if req.starts_with("GET /metrics") {
+                match status_via(&commands).await {
+                    Some(s) => ("200 OK", render(&s)),
+                    None => ("503 Service Unavailable", "agent stopping\n".to_string()),
+                }
+            } else {
+                ("404 Not Found", "try /metrics\n".to_string())
+            };
+            let resp = format!(
+                "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(resp.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,155 @@
+//! From a validated [`Config`] to what the two cores need: the data-plane
+//! table template (VIPs, rules, single-slot numbers, hash seed) and the
+//! protocol configuration, plus the fingerprint every member must share.
+
+use sha2::{Digest, Sha256};
+use xnlb_common::{
+    addr_words, affinity, family, mac_mode, mode, proto_mask, seed_from_name, Rule, Table,
+    Vip as DpVip,
+};
+
+use crate::config::{Affinity, Config, Mode, Protocol, Role};
+use crate::flow::ip_bytes;
+
+/// What a configuration compiles to.
+pub struct Plan {
+    /// VIPs and rules with nothing owned: the protocol's installs fill in
+    /// the slot states.
+    pub table: Box<Table>,
+    /// Priority list of each single slot, in slot order.
+    pub single_slots: Vec<Vec<u8>>,
+    /// Digest of everything members must agree on (not weights, which are
+    /// negotiated, nor addresses, which are local).
+    pub fingerprint: [u8; 32],
+}
+
+fn dp_mode(m: Mode) -> u8 {
+    match m {
+        Mode::Multiple => mode::MULTIPLE,
+        Mode::Single => mode::SINGLE,
+        Mode::Disabled => mode::DISABLED,
+    }
+}
+
+/// Compiles `cfg`.
+pub fn plan(cfg: &Config) -> Plan {
+    let mut table = Box::new(Table::empty());
+    table.seed = seed_from_name(cfg.cluster_name.as_bytes());
+    table.buckets = cfg.buckets;
+    let mut single_slots: Vec<Vec<u8>> = Vec::new();
+    let mut new_slot = |priority: &[u8]| -> u16 {
+        single_slots.push(priority.to_vec());
+        (single_slots.len() - 1) as u16
+    };
+    for (i, v) in cfg.vips.iter().enumerate() {
+        let mut d = DpVip {
+            addr: addr_words(&ip_bytes(v.address)),
+            family: if v.address.is_ipv4() {
+                family::V4
+            } else {
+                family::V6
+            },
+            mac_mode: if v.unicast_mac {
+                mac_mode::UNICAST
+            } else {
+                mac_mode::MULTICAST
+            },
+            default_mode: dp_mode(v.default),
+            index: i as u16,
+            ..DpVip::default()
+        };
+        if v.default == Mode::Single {
+            d.default_slot = new_slot(&v.default_priority);
+        }
+        for (j, r) in v.rules.iter().enumerate() {
+            d.rules[j] = Rule {
+                proto_mask: match r.protocol {
+                    Protocol::Tcp => proto_mask::TCP,
+                    Protocol::Udp => proto_mask::UDP,
+                    Protocol::Both => proto_mask::TCP | proto_mask::UDP,
+                },
+                mode: dp_mode(r.mode),
+                affinity: match r.affinity {
+                    Affinity::None => affinity::NONE,
+                    Affinity::Single => affinity::SINGLE,
+                    Affinity::Network => affinity::NETWORK,
+                },
+                port_lo: r.port_lo,
+                port_hi: r.port_hi,
+                slot: if r.mode == Mode::Single {
+                    new_slot(&r.priority)
+                } else {
+                    0
+                },
+                ..Rule::default()
+            };
+        }
+        d.nrules = v.rules.len() as u8;
+        table.vips[i] = d;
+    }
+    table.nvips = cfg.vips.len() as u32;
+    let fingerprint = fingerprint(cfg);
+    Plan {
+        table,
+        single_slots,
+        fingerprint,
+    }
+}
+
+/// SHA-256 of a canonical text of the cluster-wide settings.
+fn fingerprint(cfg: &Config) -> [u8; 32] {
+    let mut text = format!(
+        "xnlb-fp-1\nname={}\nbuckets={}\nheartbeat={}\ndead_after={}\n",
+        cfg.cluster_name, cfg.buckets, cfg.heartbeat_interval_ms, cfg.dead_after_ms
+    );
+    for m in &cfg.members {
+        text += &format!("member {} {:?} links={}\n", m.id, m.role, m.addrs.len());
+    }
+    for v in &cfg.vips {
+        text += &format!(
+            "vip {} unicast={} default={:?} {:?}\n",
+            v.address, v.unicast_mac, v.default, v.default_priority
+        );
+        for r in &v.rules {
+            text += &format!(
+                "  rule {:?} {}-{} {:?} {:?} {:?}\n",
+                r.protocol, r.port_lo, r.port_hi, r.mode, r.affinity, r.priority
+            );
+        }
+    }
+    Sha256::digest(text.as_bytes()).into()
+}
+
+/// The protocol core's configuration.
+pub fn proto_config(cfg: &Config, plan: &Plan, key: Vec<u8>) -> xnlb_proto::Config {
+    xnlb_proto::Config {
+        self_id: cfg.node_id,
+        cluster_name: cfg.cluster_name.clone(),
+        members: cfg
+            .members
+            .iter()
+            .map(|m| xnlb_proto::MemberConfig {
+                id: m.id,
+                role: match m.role {
+                    Role::Active => xnlb_proto::Role::Active,
+                    Role::Standby => xnlb_proto::Role::Standby,
+                    Role::Witness => xnlb_proto::Role::Witness,
+                },
+                weight: m.weight,
+                addrs: m.addrs.len(),
+            })
+            .collect(),
+        buckets: cfg.buckets,
+        single_slots: plan.single_slots.clone(),
+        heartbeat_interval_ns: cfg.heartbeat_interval_ms * 1_000_000,
+        dead_after_ns: cfg.dead_after_ms * 1_000_000,
+        drain_timeout_ns: cfg.drain_timeout_s * 1_000_000_000,
+        failback: if cfg.failback_manual {
+            xnlb_proto::Failback::Manual
+        } else {
+            xnlb_proto::Failback::Auto
+        },
+        key,
+        fingerprint: plan.fingerprint,
+    }
+}

@@ -1,0 +1,723 @@
+//! The agent's IO shell around the protocol core.
+//!
+//! One dedicated thread (optionally SCHED_FIFO, as corosync does) owns the
+//! protocol [`Node`], the heartbeat sockets, its timer and the data plane, so
+//! heartbeats keep their timing when the host's CPUs are saturated. The main
+//! thread serves the control socket, the metrics endpoint and signals, and
+//! talks to the protocol thread through a channel.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+use xnlb_common::{ipproto, slot_state, Table, MAX_BUCKETS};
+use xnlb_proto::{Event, MemberState, Node, Time};
+
+use crate::config::{Config, Role, XdpMode};
+use crate::control::server::{self, Command};
+use crate::control::{Request, Response};
+use crate::dataplane::{embedded_object, monotonic_ns, Dataplane};
+use crate::flow::{classify, is_disabled, FlowSpec};
+use crate::host::{self, Host};
+use crate::plan::{plan, proto_config, Plan};
+use crate::status::{AvailabilityView, StatusView};
+
+/// Why the agent stopped or could not start, and its exit status.
+#[derive(Debug)]
+pub struct Exit {
+    /// 0 on a graceful stop, 2 on a configuration error, 1 otherwise.
+    pub code: i32,
+}
+
+/// What the main thread tells the protocol thread besides control requests.
+#[derive(Debug)]
+enum Signal {
+    /// SIGTERM / SIGINT: leave gracefully.
+    Terminate,
+    /// SIGHUP: reload the configuration.
+    Reload,
+}
+
+fn now() -> Time {
+    Time(monotonic_ns())
+}
+
+/// Incarnation: wall-clock nanoseconds, larger at every start.
+fn incarnation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+}
+
+fn state_file(cfg: &Config) -> PathBuf {
+    cfg.state_dir.join(format!("node{}.state", cfg.node_id))
+}
+
+/// Writes `bytes` durably: temporary file, fsync, rename, fsync the directory.
+fn persist(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Failover bookkeeping for MTTR and availability.
+struct Failovers {
+    started: Time,
+    /// Members declared dead whose buckets are not yet re-served: (id,
+    /// time their silence began).
+    pending: Vec<(u8, Time)>,
+    samples_ms: Vec<f64>,
+}
+
+impl Failovers {
+    fn view(&self, now: Time) -> AvailabilityView {
+        let uptime_s = now.0.saturating_sub(self.started.0) as f64 / 1e9;
+        let n = self.samples_ms.len();
+        let mttr = (n > 0).then(|| self.samples_ms.iter().sum::<f64>() / n as f64);
+        let mtbf = (n > 0).then(|| uptime_s / n as f64);
+        let availability = match (mtbf, mttr) {
+            (Some(b), Some(r)) => b / (b + r / 1000.0),
+            _ => 1.0,
+        };
+        AvailabilityView {
+            failovers: n as u64,
+            last_mttr_ms: self.samples_ms.last().copied(),
+            mttr_ms: mttr,
+            mtbf_s: mtbf,
+            availability,
+            uptime_s,
+            repairs_ms: self
+                .samples_ms
+                .iter()
+                .rev()
+                .take(100)
+                .rev()
+                .copied()
+                .collect(),
+        }
+    }
+}
+
+/// Everything the protocol thread owns.
+struct Shell {
+    cfg: Config,
+    plan: Plan,
+    node: Node,
+    dp: Option<Dataplane>,
+    host: Host,
+    xdp: Option<String>,
+    sockets: Vec<Arc<UdpSocket>>,
+    failovers: Failovers,
+    /// Slot states last installed (for the handoff flow count).
+    installed: Option<Box<Table>>,
+    stopped: bool,
+}
+
+/// Loads everything that can fail before touching the host: the config,
+/// the key, the plan and the protocol node.
+fn prepare(cfg: &Config) -> Result<(Plan, Node)> {
+    let key = crate::key::load(&cfg.key_file)?;
+    let plan = plan(cfg);
+    let pcfg = proto_config(cfg, &plan, key);
+    let inc = incarnation();
+    let node = match std::fs::read(state_file(cfg)) {
+        Ok(bytes) => match Node::restore(pcfg.clone(), now(), inc, &bytes) {
+            Ok(n) => {
+                info!("restored protocol state from {}", state_file(cfg).display());
+                n
+            }
+            Err(e) => {
+                warn!(
+                    "ignoring unusable state file {}: {e}",
+                    state_file(cfg).display()
+                );
+                Node::new(pcfg, now(), inc)?
+            }
+        },
+        Err(_) => Node::new(pcfg, now(), inc)?,
+    };
+    Ok((plan, node))
+}
+
+fn same_vips(a: &Table, b: &Table) -> bool {
+    a.seed == b.seed && a.buckets == b.buckets && a.nvips == b.nvips && a.vips == b.vips
+}
+
+/// Loads or adopts the data plane, makes sure the live table knows this
+/// config's VIPs (owning nothing until the protocol says so), and attaches.
+fn setup_dataplane(cfg: &Config, plan: &Plan) -> Result<(Dataplane, String)> {
+    let obj = embedded_object().ok_or(crate::dataplane::DataplaneError::NotEmbedded)?;
+    let interface = cfg.interface.as_deref().context("no interface")?;
+    let pin_dir = Path::new(xnlb_common::PIN_DIR).join(format!("node{}", cfg.node_id));
+    let mut dp = Dataplane::load(obj, &pin_dir)?;
+    dp.set_if_mac(host::interface_mac(interface)?)?;
+    let live = dp.current_table()?;
+    if !same_vips(&live, &plan.table) {
+        // Fresh maps, or another VIP set: fail closed until the protocol
+        // installs this config's map.
+        dp.install(&plan.table)?;
+    } else {
+        info!(
+            "adopting the live table of epoch {} left by the previous agent",
+            live.epoch
+        );
+    }
+    let mode = match cfg.xdp_mode {
+        XdpMode::Native => aya::programs::XdpMode::Driver,
+        XdpMode::Generic => aya::programs::XdpMode::Skb,
+        XdpMode::Auto if host::is_virtual(interface) => aya::programs::XdpMode::Skb,
+        XdpMode::Auto => aya::programs::XdpMode::Driver,
+    };
+    let how = match dp.attach(interface, mode) {
+        Ok(how) => how,
+        Err(e) if cfg.xdp_mode == XdpMode::Auto && mode == aya::programs::XdpMode::Driver => {
+            warn!("native XDP on {interface} failed ({e}); falling back to generic");
+            dp.attach(interface, aya::programs::XdpMode::Skb)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let how = format!("{how} on {interface}");
+    info!("XDP program attached: {how}");
+    Ok((dp, how))
+}
+
+impl Shell {
+    /// Applies the core's events, then sends its datagrams (events first:
+    /// a Persist must be durable before any later datagram leaves).
+    fn drive(&mut self) {
+        while let Some(ev) = self.node.poll_event() {
+            self.apply(ev);
+        }
+        while let Some(t) = self.node.poll_transmit() {
+            let Some(member) = self.cfg.members.iter().find(|m| m.id == t.to) else {
+                continue;
+            };
+            let (Some(sock), Some(addr)) = (self.sockets.get(t.link), member.addrs.get(t.link))
+            else {
+                continue;
+            };
+            if let Err(e) = sock.try_send_to(&t.bytes, *addr) {
+                debug!("heartbeat to member {} on link {}: {e}", t.to, t.link);
+            }
+        }
+    }
+
+    fn apply(&mut self, ev: Event) {
+        let t = now();
+        match ev {
+            Event::Install {
+                epoch,
+                states,
+                singles,
+            } => {
+                let mut table = self.plan.table.clone();
+                table.epoch = epoch;
+                let n = states.len().min(MAX_BUCKETS as usize);
+                table.state[..n].copy_from_slice(&states[..n]);
+                for (i, s) in singles.iter().enumerate() {
+                    if let Some(x) = table.state.get_mut(MAX_BUCKETS as usize + i) {
+                        *x = *s;
+                    }
+                }
+                let owned = states
+                    .iter()
+                    .filter(|&&s| s == slot_state::OWNED || s == slot_state::ACQUIRING)
+                    .count();
+                if let Some(dp) = &mut self.dp {
+                    if let Err(e) = dp.install(&table) {
+                        error!("installing epoch {epoch} in the data plane: {e}; fencing");
+                        let _ = dp.set_lease(0);
+                        return;
+                    }
+                }
+                debug!(
+                    "epoch {epoch} installed in the data plane: {owned} buckets taking new flows"
+                );
+                self.installed = Some(table);
+            }
+            Event::Lease { until } => {
+                if let Some(dp) = &mut self.dp {
+                    if let Err(e) = dp.set_lease(until.0) {
+                        error!("extending the lease: {e}");
+                    }
+                }
+            }
+            Event::MemberState { id, state, why } => {
+                info!("member {id} {}: {why}", state.as_str());
+                if state == MemberState::Dead {
+                    let silent_since = Time(t.0.saturating_sub(self.cfg.dead_after_ms * 1_000_000));
+                    self.failovers.pending.push((id, silent_since));
+                }
+            }
+            Event::Quorum { has, why } => {
+                if has {
+                    info!("quorum gained: {why}");
+                } else {
+                    warn!("quorum lost, serving nothing: {why}");
+                }
+            }
+            Event::Epoch { from, to, why } => {
+                info!("epoch {from} -> {to}: {why}");
+                for (id, since) in self.failovers.pending.drain(..) {
+                    let ms = t.0.saturating_sub(since.0) as f64 / 1e6;
+                    info!("failover of member {id} repaired in {ms:.0} ms (silence to new epoch)");
+                    self.failovers.samples_ms.push(ms);
+                }
+            }
+            Event::ConfigMismatch { member, what } => {
+                warn!("member {member} has a different configuration, refusing it: {what}");
+            }
+            Event::HandoffDone { epoch, timed_out } => {
+                info!(
+                    "handoff of epoch {epoch} done{}",
+                    if timed_out {
+                        " (drain_timeout passed; remaining connections cut)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Event::Persist { state } => {
+                if let Err(e) = persist(&state_file(&self.cfg), &state) {
+                    error!(
+                        "persisting protocol state to {}: {e}",
+                        state_file(&self.cfg).display()
+                    );
+                }
+            }
+            Event::Stopped => {
+                info!("left the cluster");
+                self.stopped = true;
+            }
+        }
+    }
+
+    fn status(&self) -> StatusView {
+        let t = now();
+        let counters = self.dp.as_ref().and_then(|d| d.counters().ok());
+        StatusView::from_core(
+            &self.node.status(t),
+            t,
+            counters.as_ref(),
+            self.xdp.clone(),
+            self.failovers.view(t),
+        )
+    }
+
+    fn owner(&self, vip: &str, proto: &str, src: &str, dport: u16) -> Response {
+        let Ok(vip) = vip.parse() else {
+            return Response::err(format!("--vip {vip:?} is not an IP address"));
+        };
+        let Ok(src) = src.parse::<SocketAddr>() else {
+            return Response::err(format!("--src {src:?} is not IP:PORT"));
+        };
+        let proto_num = match proto {
+            "tcp" => ipproto::TCP,
+            "udp" => ipproto::UDP,
+            "icmp" if src.is_ipv4() => ipproto::ICMP,
+            "icmp" => ipproto::ICMPV6,
+            other => return Response::err(format!("--proto {other:?}: expected tcp, udp or icmp")),
+        };
+        let spec = FlowSpec {
+            vip,
+            client: src.ip(),
+            proto: proto_num,
+            client_port: src.port(),
+            vip_port: dport,
+        };
+        let Some(c) = classify(&self.plan.table, &spec) else {
+            return Response::err(format!("{vip} is not a VIP of this cluster"));
+        };
+        let kind = if c.slot >= MAX_BUCKETS as usize {
+            "single slot"
+        } else {
+            "bucket"
+        };
+        let index = if c.slot >= MAX_BUCKETS as usize {
+            c.slot - MAX_BUCKETS as usize
+        } else {
+            c.slot
+        };
+        let owner = if is_disabled(&c) {
+            None
+        } else {
+            self.node.owner_of(c.slot)
+        };
+        let message = match (is_disabled(&c), owner) {
+            (true, _) => "disabled (dropped by every node)".to_string(),
+            (false, Some(id)) => id.to_string(),
+            (false, None) => "none (no node serves it now)".to_string(),
+        };
+        Response {
+            ok: true,
+            message,
+            data: serde_json::json!({
+                "owner": owner,
+                "disabled": is_disabled(&c),
+                "kind": kind,
+                "index": index,
+                "hash": format!("{:016x}", c.hash),
+                "epoch": self.node.status(now()).epoch,
+            }),
+        }
+    }
+
+    fn command(&mut self, req: Request) -> Response {
+        let t = now();
+        match req {
+            Request::Status => match serde_json::to_value(self.status()) {
+                Ok(v) => Response::data(v),
+                Err(e) => Response::err(e.to_string()),
+            },
+            Request::Drain { timeout_s } => {
+                self.node.drain(t, timeout_s.map(|s| s * 1_000_000_000));
+                Response::ok("draining: no new flows; existing connections finish, then this node owns nothing")
+            }
+            Request::Resume => {
+                self.node.resume(t);
+                Response::ok("resumed")
+            }
+            Request::Stop => {
+                self.node.stop(t);
+                Response::ok("leaving the cluster")
+            }
+            Request::Rebalance => {
+                self.node.rebalance(t);
+                Response::ok("rebalance requested")
+            }
+            Request::Owner {
+                vip,
+                proto,
+                src,
+                dport,
+            } => self.owner(&vip, &proto, &src, dport),
+        }
+    }
+
+    fn reload(&mut self) {
+        let cfg = match Config::load(&self.cfg.path) {
+            Ok(c) => c,
+            Err(e) => {
+                error!("reload rejected, keeping the running configuration: {e}");
+                return;
+            }
+        };
+        if cfg.node_id != self.cfg.node_id
+            || cfg.interface != self.cfg.interface
+            || cfg.listen != self.cfg.listen
+        {
+            error!("reload rejected: node.id, node.interface and cluster.listen need a restart");
+            return;
+        }
+        let key = match crate::key::load(&cfg.key_file) {
+            Ok(k) => k,
+            Err(e) => {
+                error!("reload rejected: {e}");
+                return;
+            }
+        };
+        let new_plan = plan(&cfg);
+        if let Err(e) = self
+            .node
+            .reconfigure(now(), proto_config(&cfg, &new_plan, key))
+        {
+            error!("reload rejected by the protocol: {e}");
+            return;
+        }
+        if cfg.vips != self.cfg.vips && cfg.role != Role::Witness {
+            self.host.teardown();
+            match Host::setup(&cfg) {
+                Ok(h) => self.host = h,
+                Err(e) => error!("reload: host setup for the new VIPs failed: {e}"),
+            }
+        }
+        info!("configuration reloaded from {}", cfg.path.display());
+        self.plan = new_plan;
+        self.cfg = cfg;
+    }
+
+    /// Reports connections still open in releasing slots, so the core can
+    /// end handoffs when they are gone.
+    fn report_flows(&mut self) {
+        let releasing = self
+            .installed
+            .as_ref()
+            .map(|t| t.state.contains(&slot_state::RELEASING))
+            .unwrap_or(false);
+        if !releasing {
+            return;
+        }
+        if let Some(dp) = &mut self.dp {
+            match dp.releasing_flows() {
+                Ok(n) => self.node.report_tracked_flows(now(), n),
+                Err(e) => warn!("counting tracked connections: {e}"),
+            }
+        }
+    }
+
+    fn teardown(&mut self) {
+        self.host.teardown();
+        if let (Some(mut dp), Some(interface)) = (self.dp.take(), self.cfg.interface.clone()) {
+            if let Err(e) = dp.set_lease(0) {
+                warn!("fencing on the way out: {e}");
+            }
+            if let Err(e) = dp.detach(&interface) {
+                warn!("detaching XDP from {interface}: {e}");
+            }
+            dp.remove_pins();
+        }
+        let _ = std::fs::remove_file(&self.cfg.socket);
+    }
+}
+
+fn raise_priority(prio: u8) {
+    if prio == 0 {
+        return;
+    }
+    let param = libc::sched_param {
+        sched_priority: prio as i32,
+    };
+    // SAFETY: plain syscall on the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if rc == 0 {
+        info!("protocol thread runs SCHED_FIFO priority {prio}");
+    } else {
+        warn!(
+            "SCHED_FIFO priority {prio}: {} (needs CAP_SYS_NICE)",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The protocol thread's loop.
+async fn protocol_loop(
+    mut sh: Shell,
+    mut commands: mpsc::Receiver<Command>,
+    mut signals: mpsc::Receiver<Signal>,
+) -> Shell {
+    let (dgram_tx, mut dgrams) = mpsc::channel::<(usize, Vec<u8>)>(1024);
+    for (link, sock) in sh.sockets.iter().enumerate() {
+        let sock = sock.clone();
+        let tx = dgram_tx.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                match sock.recv_from(&mut buf).await {
+                    Ok((n, _)) => {
+                        if tx.send((link, buf[..n].to_vec())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        debug!("receive on link {link}: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        });
+    }
+    let mut flows = tokio::time::interval(Duration::from_millis(500));
+    let mut stop_deadline: Option<tokio::time::Instant> = None;
+    sh.node.handle_timeout(now());
+    sh.drive();
+    loop {
+        let wake = sh
+            .node
+            .poll_timeout()
+            .map(|t| {
+                tokio::time::Instant::now()
+                    + Duration::from_nanos(t.0.saturating_sub(monotonic_ns()))
+            })
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1));
+        let give_up = stop_deadline
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            Some((link, bytes)) = dgrams.recv() => sh.node.handle_datagram(now(), link, &bytes),
+            _ = tokio::time::sleep_until(wake) => sh.node.handle_timeout(now()),
+            Some((req, reply)) = commands.recv() => {
+                let stop = req == Request::Stop;
+                let _ = reply.send(sh.command(req));
+                if stop && stop_deadline.is_none() {
+                    stop_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+                }
+            }
+            Some(sig) = signals.recv() => match sig {
+                Signal::Terminate => {
+                    info!("leaving the cluster gracefully");
+                    sh.node.stop(now());
+                    stop_deadline.get_or_insert(tokio::time::Instant::now() + Duration::from_secs(5));
+                }
+                Signal::Reload => sh.reload(),
+            },
+            _ = flows.tick() => sh.report_flows(),
+            _ = tokio::time::sleep_until(give_up) => {
+                warn!("the cluster did not confirm our leave in time; leaving anyway");
+                sh.stopped = true;
+            }
+        }
+        sh.drive();
+        if sh.stopped {
+            return sh;
+        }
+    }
+}
+
+fn bind_sockets(cfg: &Config) -> Result<Vec<std::net::UdpSocket>> {
+    cfg.listen
+        .iter()
+        .map(|a| {
+            let s = std::net::UdpSocket::bind(a)
+                .with_context(|| format!("cluster.listen: binding {a}"))?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })
+        .collect()
+}
+
+/// Runs the agent until it leaves the cluster. Config errors return
+/// [`Exit`] code 2 before anything on the host is touched.
+pub fn run(cfg_path: &Path) -> Result<(), (i32, anyhow::Error)> {
+    let cfg = Config::load(cfg_path).map_err(|e| (2, e.into()))?;
+    let (plan, node) = prepare(&cfg).map_err(|e| (2, e))?;
+    let std_sockets = bind_sockets(&cfg).map_err(|e| (1, e))?;
+    let control = server_socket(&cfg).map_err(|e| (1, e))?;
+    info!(
+        "xnlb agent: node {} ({:?}) of cluster {:?}, {} members, {} VIPs, {} buckets",
+        cfg.node_id,
+        cfg.role,
+        cfg.cluster_name,
+        cfg.members.len(),
+        cfg.vips.len(),
+        cfg.buckets
+    );
+
+    // Touch the host: data plane first (so VIP traffic is filtered before
+    // the VIP is on lo), then the host side.
+    let (dp, xdp) = if cfg.role == Role::Witness {
+        (None, None)
+    } else {
+        let (dp, how) = setup_dataplane(&cfg, &plan).map_err(|e| (1, e))?;
+        (Some(dp), Some(how))
+    };
+    let host = match Host::setup(&cfg) {
+        Ok(h) => h,
+        Err(e) => return Err((1, e.into())),
+    };
+
+    let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(64);
+    let (sig_tx, sig_rx) = mpsc::channel::<Signal>(8);
+    let prio = cfg.heartbeat_priority;
+    let metrics_addr = cfg.metrics;
+    let started = now();
+    let proto_thread = std::thread::Builder::new()
+        .name("xnlb-proto".into())
+        .spawn(move || {
+            raise_priority(prio);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let sockets = std_sockets
+                    .into_iter()
+                    .map(|s| UdpSocket::from_std(s).map(Arc::new))
+                    .collect::<std::io::Result<Vec<_>>>()?;
+                let sh = Shell {
+                    cfg,
+                    plan,
+                    node,
+                    dp,
+                    host,
+                    xdp,
+                    sockets,
+                    failovers: Failovers {
+                        started,
+                        pending: Vec::new(),
+                        samples_ms: Vec::new(),
+                    },
+                    installed: None,
+                    stopped: false,
+                };
+                let mut sh = protocol_loop(sh, cmd_rx, sig_rx).await;
+                sh.teardown();
+                Ok::<(), std::io::Error>(())
+            })
+        })
+        .map_err(|e| (1, e.into()))?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| (1, e.into()))?;
+    rt.block_on(async move {
+        let listener = server::bind(&control).map_err(|e| {
+            (
+                1,
+                anyhow::anyhow!("control socket {}: {e}", control.display()),
+            )
+        })?;
+        tokio::spawn(server::serve(listener, cmd_tx.clone()));
+        if let Some(addr) = metrics_addr {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    info!("metrics on http://{addr}/metrics");
+                    tokio::spawn(crate::metrics::serve(l, cmd_tx.clone()));
+                }
+                Err(e) => warn!("control.metrics {addr}: {e}; metrics disabled"),
+            }
+        }
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| (1, e.into()))?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(|e| (1, e.into()))?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| (1, e.into()))?;
+        loop {
+            let sig = tokio::select! {
+                _ = term.recv() => Signal::Terminate,
+                _ = int.recv() => Signal::Terminate,
+                _ = hup.recv() => Signal::Reload,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if proto_thread.is_finished() { break; }
+                    continue;
+                }
+            };
+            if sig_tx.send(sig).await.is_err() {
+                break;
+            }
+        }
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        match proto_thread.join() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err((1, e.into())),
+            Err(_) => Err((1, anyhow::anyhow!("the protocol thread panicked"))),
+        }
+    })
+}
+
+fn server_socket(cfg: &Config) -> Result<PathBuf> {
+    if cfg.socket.as_os_str().is_empty() {
+        bail!("control.socket is empty");
+    }
+    Ok(cfg.socket.clone())
+}
+
+/// Requests status through the channel (for the metrics endpoint).
+pub async fn status_via(commands: &mpsc::Sender<Command>) -> Option<StatusView> {
+    let (tx, rx) = oneshot::channel();
+    commands.send((Request::Status, tx)).await.ok()?;
+    let resp = rx.await.ok()?;
+    serde_json::from_value(resp.data).ok()
+}
