@@ -67,7 +67,7 @@ fn random_truncated_and_bit_flipped_datagrams_never_panic_and_are_counted() {
             }
             _ => {
                 let mut b = base.clone();
-                b.extend((0..rng.next() % 8).map(|_| rng.next() as u8));
+                b.extend((0..1 + rng.next() % 8).map(|_| rng.next() as u8));
                 b
             }
         };

@@ -41,6 +41,12 @@ pub struct Fixture {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+impl Default for Fixture {
+    fn default() -> Self {
+        Fixture::new()
+    }
+}
+
 impl Fixture {
     /// Loads the object into `/sys/fs/bpf/xnlb-test-<pid>-<n>`.
     pub fn new() -> Fixture {

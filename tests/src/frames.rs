@@ -143,8 +143,8 @@ pub fn ipv4_packet(
         p.set_destination(d);
     }
     // Options: NOPs then end-of-list.
-    for i in 20..hl {
-        b[i] = if i + 1 == hl { 0 } else { 1 };
+    for (i, byte) in b.iter_mut().enumerate().take(hl).skip(20) {
+        *byte = if i + 1 == hl { 0 } else { 1 };
     }
     b[hl..].copy_from_slice(payload);
     let c = {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use aya::programs::XdpMode;
@@ -91,7 +91,6 @@ fn run_mode(mode: XdpMode) {
     server
         .set_read_timeout(Some(Duration::from_millis(500)))
         .expect("timeout");
-    let sender = client.enter(|| UdpSocket::bind((CLIENT, 0))).expect("bind");
     let ports: Vec<u16> = (20_000..20_200).collect();
     let socks: Vec<UdpSocket> = ports
         .iter()
@@ -101,7 +100,6 @@ fn run_mode(mode: XdpMode) {
                 .expect("bind client port")
         })
         .collect();
-    drop(sender);
     for s in &socks {
         s.send_to(b"hello", (vip, 5353)).expect("send");
     }
@@ -143,20 +141,10 @@ fn run_mode(mode: XdpMode) {
 
     // TCP: real connections; owned ones are answered, the others' SYNs drop.
     let listener = node.enter(|| TcpListener::bind((vip, 80))).expect("listen");
-    let acceptor = std::thread::spawn(move || {
-        listener.set_nonblocking(false).ok();
-        let mut n = 0;
-        for s in listener.incoming() {
-            match s {
-                Ok(mut s) => {
-                    n += 1;
-                    let _ = std::io::Write::write_all(&mut s, b"node");
-                }
-                Err(_) => break,
-            }
-            if n == usize::MAX {
-                break;
-            }
+    // Answers every connection; ends with the test process.
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let _ = std::io::Write::write_all(&mut s, b"node");
         }
     });
     let mut answered = 0;
@@ -175,10 +163,7 @@ fn run_mode(mode: XdpMode) {
         .expect("vip");
         let owned = t.state[c.slot] == slot_state::OWNED;
         expected += owned as usize;
-        let res = client.enter(|| {
-            let sock = socket2_connect(p, vip);
-            sock
-        });
+        let res = client.enter(|| connect_from(p, vip));
         match res {
             Some(mut s) => {
                 let mut b = [0u8; 4];
@@ -205,7 +190,6 @@ fn run_mode(mode: XdpMode) {
         );
     }
     assert!(counters.c[counter::DROPPED_NOT_OWNER] > 0 && counters.c[counter::PASSED] > 0);
-    drop(acceptor);
     println!(
         "{mode:?}: {} of {} datagrams and {answered} of 20 connections accepted, as owned; counters {:?}",
         got.len(),
@@ -214,57 +198,32 @@ fn run_mode(mode: XdpMode) {
     );
 }
 
-/// Connects from a fixed source port with a short timeout.
-fn socket2_connect(port: u16, vip: Ipv4Addr) -> Option<TcpStream> {
-    // SAFETY: plain socket syscalls on a descriptor we own.
+/// Connects from a fixed source port with a 400 ms timeout (std cannot
+/// bind before connecting). `None` if the SYN went unanswered.
+fn connect_from(port: u16, vip: Ipv4Addr) -> Option<TcpStream> {
+    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(ip.octets()) },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    // SAFETY: plain socket syscalls on a descriptor this function owns (the
+    // TcpStream takes it over at once and closes it on every path).
     unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        assert!(fd >= 0);
-        let one: libc::c_int = 1;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            &one as *const _ as *const libc::c_void,
-            4,
-        );
-        let mut sa: libc::sockaddr_in = std::mem::zeroed();
-        sa.sin_family = libc::AF_INET as u16;
-        sa.sin_port = port.to_be();
-        sa.sin_addr.s_addr = u32::from_ne_bytes(CLIENT.octets());
-        let rc = libc::bind(
-            fd,
-            &sa as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        );
-        assert_eq!(
-            rc,
-            0,
-            "bind port {port}: {}",
-            std::io::Error::last_os_error()
-        );
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
         let stream = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
-        drop(stream.try_clone());
-        let addr = SocketAddr::new(IpAddr::V4(vip), 80);
-        // std has no connect-from-bound-socket; do it by hand, non-blocking.
-        stream.set_nonblocking(true).ok();
-        let mut da: libc::sockaddr_in = std::mem::zeroed();
-        da.sin_family = libc::AF_INET as u16;
-        da.sin_port = 80u16.to_be();
-        da.sin_addr.s_addr = u32::from_ne_bytes(vip.octets());
-        let _ = addr;
-        libc::connect(
-            fd,
-            &da as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        );
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        let n = libc::poll(&mut pfd, 1, 400);
-        if n == 1 && stream.take_error().ok().flatten().is_none() && stream.peer_addr().is_ok() {
+        let one: libc::c_int = 1;
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one as *const _ as *const libc::c_void, 4);
+        let local = sockaddr(CLIENT, port);
+        let rc = libc::bind(fd, &local as *const _ as *const libc::sockaddr, len);
+        assert_eq!(rc, 0, "bind port {port}: {}", std::io::Error::last_os_error());
+        let remote = sockaddr(vip, 80);
+        libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len);
+        let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+        let ready = libc::poll(&mut pfd, 1, 400) == 1;
+        if ready && stream.take_error().ok().flatten().is_none() && stream.peer_addr().is_ok() {
             stream.set_nonblocking(false).ok();
             stream.set_read_timeout(Some(Duration::from_secs(2))).ok();
             Some(stream)

@@ -507,7 +507,13 @@ impl World {
             let auth = crate::auth::Authenticator::new(&self.scenario.config(t).key);
             if let Ok(m) = crate::wire::decode(&auth, &f.bytes) {
                 if !matches!(m.body, crate::wire::Body::Heartbeat(_)) {
-                    println!("{:>9.3} n{}->n{} {:?}", self.now as f64 / 1e6, f.from + 1, t + 1, m.body);
+                    println!(
+                        "{:>9.3} n{}->n{} {:?}",
+                        self.now as f64 / 1e6,
+                        f.from + 1,
+                        t + 1,
+                        m.body
+                    );
                 }
             }
         }
