@@ -98,7 +98,9 @@ done
 
 say "starting an agent and an HTTP server on each node"
 for n in "${NODES[@]}"; do
-  ip netns exec "${P}n$n" "$XNLB" agent --config "$WORK/n$n.toml" 2> "$WORK/agent$n.log" &
+  # nsenter --net, not `ip netns exec`: the latter gives the agent a private
+  # mount namespace, and the BPF pins that must outlive it would die with it.
+  nsenter --net="/run/netns/${P}n$n" -- "$XNLB" agent --config "$WORK/n$n.toml" 2> "$WORK/agent$n.log" &
   PIDS+=($!)
   eval "AGENT$n=$!"
   ip netns exec "${P}n$n" python3 scripts/node-server.py "$VIP" 80 "$n" 2> "$WORK/http$n.log" &

@@ -105,6 +105,8 @@ struct RawNode {
     #[serde(default)]
     state_dir: Option<Spanned<String>>,
     #[serde(default)]
+    pin_dir: Option<Spanned<String>>,
+    #[serde(default)]
     heartbeat_priority: Option<Spanned<i64>>,
 }
 
@@ -293,6 +295,8 @@ pub struct Config {
     pub failback_manual: bool,
     /// Where durable protocol state lives.
     pub state_dir: PathBuf,
+    /// Where the XDP program's link and maps are pinned (bpffs).
+    pub pin_dir: PathBuf,
     /// SCHED_FIFO priority of the heartbeat thread (0: normal scheduling).
     pub heartbeat_priority: u8,
     /// Cluster name (also the hash seed).
@@ -779,6 +783,17 @@ impl Config {
             })?),
             None => Some(SocketAddr::from(([127, 0, 0, 1], 9477))),
         };
+        let pin_dir = match &n.pin_dir {
+            Some(p) if !p.get_ref().starts_with("/sys/fs/bpf/") => {
+                return cx.err(
+                    p.span(),
+                    "node.pin_dir",
+                    "must be a directory under /sys/fs/bpf/",
+                )
+            }
+            Some(p) => PathBuf::from(p.get_ref()),
+            None => Path::new(xnlb_common::PIN_DIR).join(format!("node{node_id}")),
+        };
         let state_dir = n
             .state_dir
             .as_ref()
@@ -793,6 +808,7 @@ impl Config {
             xdp_mode,
             failback_manual,
             state_dir,
+            pin_dir,
             heartbeat_priority,
             cluster_name: name.clone(),
             key_file: PathBuf::from(c.key_file.get_ref()),

@@ -99,22 +99,78 @@ pub fn cluster_mac(vip: IpAddr, unicast: bool) -> [u8; 6] {
     xnlb_common::cluster_mac(mode, &b, fam)
 }
 
+/// An `ifreq` ioctl on a throwaway socket of this network namespace
+/// (sysfs may belong to another namespace, e.g. under `nsenter --net`).
+fn ifreq_ioctl(
+    interface: &str,
+    request: libc::c_ulong,
+    data: Option<*mut libc::c_void>,
+) -> Result<libc::ifreq, HostError> {
+    let err = |e: std::io::Error| HostError::Command {
+        cmd: format!("ioctl on {interface}"),
+        stderr: e.to_string(),
+    };
+    if interface.len() >= libc::IFNAMSIZ {
+        return Err(err(std::io::Error::from(std::io::ErrorKind::InvalidInput)));
+    }
+    // SAFETY: a zeroed ifreq is valid; the name fits (checked above); the
+    // socket is closed on every path.
+    unsafe {
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (d, s) in ifr.ifr_name.iter_mut().zip(interface.bytes()) {
+            *d = s as libc::c_char;
+        }
+        if let Some(p) = data {
+            ifr.ifr_ifru.ifru_data = p as *mut libc::c_char;
+        }
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        let rc = libc::ioctl(fd, request as _, &mut ifr);
+        let e = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc < 0 {
+            return Err(err(e));
+        }
+        Ok(ifr)
+    }
+}
+
 /// The interface's MAC address.
 pub fn interface_mac(interface: &str) -> Result<[u8; 6], HostError> {
-    let key = format!("/sys/class/net/{interface}/address");
-    let text = std::fs::read_to_string(&key).map_err(|source| HostError::Sysctl { key, source })?;
+    let ifr = ifreq_ioctl(interface, libc::SIOCGIFHWADDR, None)?;
+    // SAFETY: SIOCGIFHWADDR filled the hwaddr member.
+    let sa = unsafe { ifr.ifr_ifru.ifru_hwaddr };
     let mut mac = [0u8; 6];
-    for (m, part) in mac.iter_mut().zip(text.trim().split(':')) {
-        *m = u8::from_str_radix(part, 16).unwrap_or(0);
+    for (m, b) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *m = *b as u8;
     }
     Ok(mac)
 }
 
-/// True for interfaces without a physical device behind them (veth,
-/// bridges, dummies): `auto` XDP mode uses generic XDP there, because a veth
-/// classifies frames before its native XDP hook can rewrite the cluster MAC.
-pub fn is_virtual(interface: &str) -> bool {
-    !std::path::Path::new(&format!("/sys/class/net/{interface}/device")).exists()
+/// The interface's driver name (ethtool), e.g. `veth`, `ixgbe`.
+pub fn interface_driver(interface: &str) -> Option<String> {
+    // struct ethtool_drvinfo: cmd, driver[32], version[32], fw_version[32],
+    // bus_info[32], erom_version[32], reserved2[12], 5 x u32.
+    let mut info = [0u8; 4 + 32 * 5 + 12 + 20];
+    info[..4].copy_from_slice(&0x0000_0003u32.to_ne_bytes()); // ETHTOOL_GDRVINFO
+    ifreq_ioctl(
+        interface,
+        0x8946,
+        Some(info.as_mut_ptr() as *mut libc::c_void),
+    )
+    .ok()?; // SIOCETHTOOL
+    let name = &info[4..36];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Some(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+/// True for a veth: `auto` XDP mode uses generic XDP there, because a veth
+/// classifies frames (PACKET_OTHERHOST for a cluster MAC) before its native
+/// XDP hook can rewrite the destination MAC, so the stack would drop them.
+pub fn is_veth(interface: &str) -> bool {
+    interface_driver(interface).as_deref() == Some("veth")
 }
 
 impl Host {

@@ -75,6 +75,12 @@ fn persist(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Failover bookkeeping for MTTR and availability.
 struct Failovers {
     started: Time,
+    /// Members currently dead in our view (a Dead event repeats as the
+    /// cluster fences them; count each failure once).
+    dead: std::collections::BTreeSet<u8>,
+    /// Whether we are in a quorum: a node cut off sees everyone die, which
+    /// is its own failure, not theirs.
+    quorum: bool,
     /// Members declared dead whose buckets are not yet re-served: (id,
     /// time their silence began).
     pending: Vec<(u8, Time)>,
@@ -160,8 +166,7 @@ fn same_vips(a: &Table, b: &Table) -> bool {
 fn setup_dataplane(cfg: &Config, plan: &Plan) -> Result<(Dataplane, String)> {
     let obj = embedded_object().ok_or(crate::dataplane::DataplaneError::NotEmbedded)?;
     let interface = cfg.interface.as_deref().context("no interface")?;
-    let pin_dir = Path::new(xnlb_common::PIN_DIR).join(format!("node{}", cfg.node_id));
-    let mut dp = Dataplane::load(obj, &pin_dir)?;
+    let mut dp = Dataplane::load(obj, &cfg.pin_dir)?;
     dp.set_if_mac(host::interface_mac(interface)?)?;
     let live = dp.current_table()?;
     if !same_vips(&live, &plan.table) {
@@ -177,7 +182,7 @@ fn setup_dataplane(cfg: &Config, plan: &Plan) -> Result<(Dataplane, String)> {
     let mode = match cfg.xdp_mode {
         XdpMode::Native => aya::programs::XdpMode::Driver,
         XdpMode::Generic => aya::programs::XdpMode::Skb,
-        XdpMode::Auto if host::is_virtual(interface) => aya::programs::XdpMode::Skb,
+        XdpMode::Auto if host::is_veth(interface) => aya::programs::XdpMode::Skb,
         XdpMode::Auto => aya::programs::XdpMode::Driver,
     };
     let how = match dp.attach(interface, mode) {
@@ -256,12 +261,19 @@ impl Shell {
             }
             Event::MemberState { id, state, why } => {
                 info!("member {id} {}: {why}", state.as_str());
+                let f = &mut self.failovers;
                 if state == MemberState::Dead {
-                    let silent_since = Time(t.0.saturating_sub(self.cfg.dead_after_ms * 1_000_000));
-                    self.failovers.pending.push((id, silent_since));
+                    if f.dead.insert(id) && f.quorum {
+                        let silent_since =
+                            Time(t.0.saturating_sub(self.cfg.dead_after_ms * 1_000_000));
+                        f.pending.push((id, silent_since));
+                    }
+                } else if state == MemberState::Alive {
+                    f.dead.remove(&id);
                 }
             }
             Event::Quorum { has, why } => {
+                self.failovers.quorum = has;
                 if has {
                     info!("quorum gained: {why}");
                 } else {
@@ -643,6 +655,8 @@ pub fn run(cfg_path: &Path) -> Result<(), (i32, anyhow::Error)> {
                     sockets,
                     failovers: Failovers {
                         started,
+                        dead: Default::default(),
+                        quorum: false,
                         pending: Vec::new(),
                         samples_ms: Vec::new(),
                     },

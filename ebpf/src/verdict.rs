@@ -84,6 +84,10 @@ pub fn decide(state: u8, flow: &Flow, slot: u32) -> Decision {
         slot_state::OWNED => {
             if syn {
                 track(flow, slot);
+            } else if tcp && flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                // Once per connection, not per packet: a connection that
+                // ended must not hold up a later handoff of this bucket.
+                tracked(flow);
             }
             Decision::Pass
         }

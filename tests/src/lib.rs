@@ -2,6 +2,7 @@
 //! directory, frames built with pnet, and network namespaces that clean up
 //! after themselves.
 
+pub mod cluster;
 pub mod fixture;
 pub mod frames;
 pub mod netns;

@@ -204,7 +204,9 @@ fn connect_from(port: u16, vip: Ipv4Addr) -> Option<TcpStream> {
     let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
         sin_family: libc::AF_INET as u16,
         sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(ip.octets()) },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip.octets()),
+        },
         sin_zero: [0; 8],
     };
     let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
@@ -215,13 +217,28 @@ fn connect_from(port: u16, vip: Ipv4Addr) -> Option<TcpStream> {
         assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
         let stream = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
         let one: libc::c_int = 1;
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one as *const _ as *const libc::c_void, 4);
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const _ as *const libc::c_void,
+            4,
+        );
         let local = sockaddr(CLIENT, port);
         let rc = libc::bind(fd, &local as *const _ as *const libc::sockaddr, len);
-        assert_eq!(rc, 0, "bind port {port}: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "bind port {port}: {}",
+            std::io::Error::last_os_error()
+        );
         let remote = sockaddr(vip, 80);
         libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len);
-        let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
         let ready = libc::poll(&mut pfd, 1, 400) == 1;
         if ready && stream.take_error().ok().flatten().is_none() && stream.peer_addr().is_ok() {
             stream.set_nonblocking(false).ok();

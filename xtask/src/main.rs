@@ -172,7 +172,11 @@ fn test(root: &Path, no_kernel: bool) -> Result<()> {
     if !is_root() {
         bail!("the kernel tests need root (CAP_BPF, CAP_NET_ADMIN): run `sudo cargo xtask test`, or `cargo xtask test --no-kernel` for the rest");
     }
-    eprintln!("xtask: kernel tests (BPF_PROG_TEST_RUN, veth, namespaces)");
+    eprintln!("xtask: kernel tests (BPF_PROG_TEST_RUN, veth, namespaces, real agents)");
+    // The cluster tests run the agent binary itself.
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["build", "--release", "-p", "xnlb"]))?;
     run(Command::new("cargo").current_dir(root).args([
         "test",
         "--release",
