@@ -45,10 +45,17 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// Run a benchmark: dataplane | converge.
+    /// Run a benchmark: dataplane | converge | failover | peers.
     Bench {
         /// Which benchmark.
         which: String,
+    },
+    /// Run a 3-node cluster under load with every CPU saturated and report
+    /// membership changes no fault caused.
+    Soak {
+        /// How long.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
     },
 }
 
@@ -82,8 +89,29 @@ fn main() -> Result<()> {
                 ]))?
             }
             "converge" => sim(&root, &["--bench-converge".to_string()])?,
-            other => bail!("unknown benchmark {other:?}: expected dataplane or converge"),
+            "failover" | "peers" => {
+                build_ebpf(&root, true)?;
+                run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-q", "-p", "xnlb"]))?;
+                run(Command::new("cargo").current_dir(&root).args([
+                    "run",
+                    "--release",
+                    "-q",
+                    "-p",
+                    "xnlb-tests",
+                    "--bin",
+                    &format!("bench-{which}"),
+                ]))?
+            }
+            other => bail!("unknown benchmark {other:?}: expected dataplane, converge, failover or peers"),
         },
+        Cmd::Soak { minutes } => {
+            build_ebpf(&root, true)?;
+            run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-q", "-p", "xnlb"]))?;
+            run(Command::new("cargo")
+                .current_dir(&root)
+                .args(["run", "--release", "-q", "-p", "xnlb-tests", "--bin", "soak", "--", "--minutes"])
+                .arg(minutes.to_string()))?
+        }
     }
     Ok(())
 }
