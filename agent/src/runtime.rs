@@ -125,6 +125,8 @@ struct Shell {
     host: Host,
     xdp: Option<String>,
     sockets: Vec<Arc<UdpSocket>>,
+    /// Heartbeat addresses by member id (looked up for every datagram sent).
+    peers: ahash::AHashMap<u8, Vec<SocketAddr>>,
     failovers: Failovers,
     /// Slot states last installed (for the handoff flow count).
     installed: Option<Box<Table>>,
@@ -455,6 +457,7 @@ impl Shell {
                 Err(e) => error!("reload: host setup for the new VIPs failed: {e}"),
             }
         }
+        self.peers = peer_addrs(&cfg);
         info!("configuration reloaded from {}", cfg.path.display());
         self.plan = new_plan;
         self.cfg = cfg;
@@ -492,6 +495,13 @@ impl Shell {
         }
         let _ = std::fs::remove_file(&self.cfg.socket);
     }
+}
+
+fn peer_addrs(cfg: &Config) -> ahash::AHashMap<u8, Vec<SocketAddr>> {
+    cfg.members
+        .iter()
+        .map(|m| (m.id, m.addrs.clone()))
+        .collect()
 }
 
 fn raise_priority(prio: u8) {
@@ -573,7 +583,12 @@ async fn protocol_loop(
                 }
                 Signal::Reload => sh.reload(),
             },
-            _ = flows.tick() => sh.report_flows(),
+            _ = flows.tick() => {
+                sh.report_flows();
+                if let Some(dp) = &mut sh.dp {
+                    dp.flush_logs();
+                }
+            }
             _ = tokio::time::sleep_until(give_up) => {
                 warn!("the cluster did not confirm our leave in time; leaving anyway");
                 sh.stopped = true;
@@ -646,6 +661,7 @@ pub fn run(cfg_path: &Path) -> Result<(), (i32, anyhow::Error)> {
                     .map(|s| UdpSocket::from_std(s).map(Arc::new))
                     .collect::<std::io::Result<Vec<_>>>()?;
                 let sh = Shell {
+                    peers: peer_addrs(&cfg),
                     cfg,
                     plan,
                     node,

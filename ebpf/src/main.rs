@@ -45,6 +45,10 @@ static XNLB_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(FLOW_TABL
 #[map]
 static XNLB_FRAGS: LruHashMap<FragKey, u64> = LruHashMap::pinned(FRAG_TABLE_ENTRIES, 0);
 
+/// Last log time per CPU (coarse ns), so logging is rate-limited.
+#[map]
+static XNLB_LOGRL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// The filter attached to the interface.
 #[xdp]
 pub fn xnlb(ctx: XdpContext) -> u32 {

@@ -3,6 +3,8 @@
 //! rule, the hash and this node's slot state.
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use core::cell::Cell;
+
 use xnlb_common::{
     counter, ctrl, family, flow_hash, ipproto, match_rule, mode, Counters, FlowWords, FragKey,
     Table, Vip, MAX_IPV6_EXT, MAX_SLOTS, MAX_VIPS, MAX_VLAN_DEPTH,
@@ -10,7 +12,9 @@ use xnlb_common::{
 
 use crate::packet::Frame;
 use crate::verdict::{self, Decision};
-use crate::{reply, XDP_DROP, XDP_PASS, XNLB_CTRL, XNLB_FRAGS, XNLB_STATS, XNLB_TABLES};
+use crate::{
+    reply, XDP_DROP, XDP_PASS, XNLB_CTRL, XNLB_FRAGS, XNLB_LOGRL, XNLB_STATS, XNLB_TABLES,
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -23,23 +27,87 @@ const ETH_P_8021AD: u16 = 0x88a8;
 /// comes close (2 VLAN tags + 40 + a few extension headers).
 const MAX_L4_OFF: usize = 512;
 
-/// Per-CPU counters of this packet's CPU (null if the map is missing).
+/// Per-CPU counters of this packet's CPU (null if the map is missing), and
+/// why the packet was dropped, for the one rate-limited log line.
 #[derive(Clone, Copy)]
-pub struct Stats(*mut Counters);
+pub struct Stats<'a> {
+    counters: *mut Counters,
+    why: &'a Cell<u8>,
+}
 
-impl Stats {
-    #[inline(always)]
-    fn get() -> Stats {
-        Stats(XNLB_STATS.get_ptr_mut(0).unwrap_or(core::ptr::null_mut()))
-    }
-
+impl Stats<'_> {
     #[inline(always)]
     pub fn bump(self, i: usize) {
-        if !self.0.is_null() && i < counter::COUNT {
+        if !self.counters.is_null() && i < counter::COUNT {
             // SAFETY: per-CPU value of this CPU; XDP runs with preemption off.
-            unsafe { (*self.0).c[i] += 1 };
+            unsafe { (*self.counters).c[i] += 1 };
         }
     }
+
+    /// Counts a malformed drop and remembers why.
+    #[inline(always)]
+    pub fn malformed(self, why: u8) -> u32 {
+        self.bump(counter::DROPPED_MALFORMED);
+        self.why.set(why);
+        XDP_DROP
+    }
+
+    /// Counts a fenced drop (lease expired).
+    #[inline(always)]
+    pub fn fenced(self) -> u32 {
+        self.bump(counter::DROPPED_FENCED);
+        self.why.set(why::FENCED);
+        XDP_DROP
+    }
+}
+
+/// Why a packet was dropped, for the log (0: nothing to log).
+pub mod why {
+    pub const TRUNCATED_L2: u8 = 1;
+    pub const UNPARSABLE_L2: u8 = 2;
+    pub const TRUNCATED_L3: u8 = 3;
+    pub const BAD_VERSION: u8 = 4;
+    pub const BAD_LENGTH: u8 = 5;
+    pub const BAD_FRAGMENT: u8 = 6;
+    pub const EXT_CHAIN: u8 = 7;
+    pub const TRUNCATED_L4: u8 = 8;
+    pub const FENCED: u8 = 9;
+
+    /// The log text of a reason.
+    #[inline(always)]
+    pub fn text(why: u8) -> &'static str {
+        match why {
+            TRUNCATED_L2 => "frame shorter than an Ethernet header",
+            UNPARSABLE_L2 => {
+                "frame to a cluster MAC with an unknown ethertype or VLAN stack deeper than 2"
+            }
+            TRUNCATED_L3 => "IP header truncated",
+            BAD_VERSION => "IP version does not match the ethertype",
+            BAD_LENGTH => "IP header or datagram length inconsistent with the frame",
+            BAD_FRAGMENT => "fragment offset past 64 KiB",
+            EXT_CHAIN => "IPv6 extension headers too many or too long",
+            TRUNCATED_L4 => "transport header (or quoted ICMP flow) truncated",
+            _ => "lease expired: dropping VIP traffic until the agent renews it (fenced)",
+        }
+    }
+}
+
+/// One log line per CPU per second at most: a flood of bad packets must not
+/// become a flood of log records.
+#[inline(always)]
+fn may_log() -> bool {
+    let Some(last) = XNLB_LOGRL.get_ptr_mut(0) else {
+        return false;
+    };
+    let t = now();
+    // SAFETY: this CPU's value; preemption is off in XDP.
+    unsafe {
+        if t.wrapping_sub(*last) < 1_000_000_000 {
+            return false;
+        }
+        *last = t;
+    }
+    true
 }
 
 /// What the L3/L4 parser learnt about a VIP packet, from the client's side:
@@ -66,14 +134,28 @@ struct Frag {
     id: u32,
 }
 
-/// Entry point shared by the filter and the probe.
+/// Entry point shared by the filter and the probe: the verdict, and a
+/// rate-limited log line when a packet is dropped as malformed or fenced.
 #[inline(always)]
 pub fn process<const PROBE: bool>(ctx: &XdpContext) -> u32 {
+    let reason = Cell::new(0u8);
+    let stats = Stats {
+        counters: XNLB_STATS.get_ptr_mut(0).unwrap_or(core::ptr::null_mut()),
+        why: &reason,
+    };
+    let verdict = frame_verdict::<PROBE>(ctx, stats);
+    let r = reason.get();
+    if r != 0 && may_log() {
+        aya_log_ebpf::warn!(ctx, "xnlb: dropped a packet: {}", why::text(r));
+    }
+    verdict
+}
+
+#[inline(always)]
+fn frame_verdict<const PROBE: bool>(ctx: &XdpContext, stats: Stats) -> u32 {
     let f = Frame::new(ctx);
-    let stats = Stats::get();
     let Some(eth) = f.get::<ETH_HLEN>(0) else {
-        stats.bump(counter::DROPPED_MALFORMED);
-        return XDP_DROP;
+        return stats.malformed(why::TRUNCATED_L2);
     };
     // Frames sent to a cluster MAC are ours even when we cannot parse them:
     // they drop as malformed; others are not ours to judge and pass.
@@ -114,17 +196,16 @@ pub fn process<const PROBE: bool>(ctx: &XdpContext) -> u32 {
 
 /// The verdict for a frame we cannot parse far enough to judge.
 #[derive(Clone, Copy)]
-struct Unparsable {
+struct Unparsable<'a> {
     cluster_dst: bool,
-    stats: Stats,
+    stats: Stats<'a>,
 }
 
-impl Unparsable {
+impl Unparsable<'_> {
     #[inline(always)]
     fn verdict(self) -> u32 {
         if self.cluster_dst {
-            self.stats.bump(counter::DROPPED_MALFORMED);
-            XDP_DROP
+            self.stats.malformed(why::UNPARSABLE_L2)
         } else {
             self.stats.bump(counter::NON_VIP);
             XDP_PASS
@@ -189,12 +270,6 @@ pub fn lease_valid() -> bool {
 }
 
 #[inline(always)]
-fn drop_malformed(stats: Stats) -> u32 {
-    stats.bump(counter::DROPPED_MALFORMED);
-    XDP_DROP
-}
-
-#[inline(always)]
 fn ipv4<const PROBE: bool>(
     f: &Frame,
     l3: usize,
@@ -205,11 +280,11 @@ fn ipv4<const PROBE: bool>(
     // A frame that says IPv4 but is not is dropped whoever it is for: the
     // stack would drop it too, and we cannot tell whether it was a VIP's.
     let Some(ip) = f.get::<20>(l3) else {
-        return drop_malformed(stats);
+        return stats.malformed(why::TRUNCATED_L3);
     };
     let vihl = ip.u8(0);
     if vihl >> 4 != 4 {
-        return drop_malformed(stats);
+        return stats.malformed(why::BAD_VERSION);
     }
     let dst = ip.word(16);
     let Some(vip_idx) = find_vip4(t, dst) else {
@@ -218,19 +293,18 @@ fn ipv4<const PROBE: bool>(
     };
     stats.bump(counter::VIP_PACKETS);
     if !lease_valid() {
-        stats.bump(counter::DROPPED_FENCED);
-        return XDP_DROP;
+        return stats.fenced();
     }
     let ihl = ((vihl & 0x0f) as usize) * 4;
     let total = ip.be16(2) as usize;
     let frag = ip.be16(6);
     // Header shorter than its minimum, or the datagram longer than the frame.
     if ihl < 20 || total < ihl || f.start + l3 + total > f.end {
-        return drop_malformed(stats);
+        return stats.malformed(why::BAD_LENGTH);
     }
     let offset = ((frag & 0x1fff) as usize) * 8;
     if offset + (total - ihl) > 65535 {
-        return drop_malformed(stats);
+        return stats.malformed(why::BAD_FRAGMENT);
     }
     let fr = Frag {
         fragmented: frag & 0x3fff != 0,
@@ -263,10 +337,10 @@ fn ipv6<const PROBE: bool>(
     stats: Stats,
 ) -> u32 {
     let Some(ip) = f.get::<40>(l3) else {
-        return drop_malformed(stats);
+        return stats.malformed(why::TRUNCATED_L3);
     };
     if ip.u8(0) >> 4 != 6 {
-        return drop_malformed(stats);
+        return stats.malformed(why::BAD_VERSION);
     }
     let next = ip.u8(6);
     if next == ipproto::ICMPV6 {
@@ -281,13 +355,12 @@ fn ipv6<const PROBE: bool>(
     };
     stats.bump(counter::VIP_PACKETS);
     if !lease_valid() {
-        stats.bump(counter::DROPPED_FENCED);
-        return XDP_DROP;
+        return stats.fenced();
     }
     let src = ip.words4(8);
     let payload = ip.be16(4) as usize;
     if f.start + l3 + 40 + payload > f.end {
-        return drop_malformed(stats);
+        return stats.malformed(why::BAD_LENGTH);
     }
     // Bounded walk over extension headers.
     let mut off = l3 + 40;
@@ -299,13 +372,13 @@ fn ipv6<const PROBE: bool>(
     };
     for _ in 0..MAX_IPV6_EXT {
         if off > MAX_L4_OFF {
-            return drop_malformed(stats);
+            return stats.malformed(why::EXT_CHAIN);
         }
         if !matches!(nh, 0 | 43 | 60 | 44 | 51) {
             break;
         }
         let Some(ext) = f.get::<8>(off) else {
-            return drop_malformed(stats);
+            return stats.malformed(why::EXT_CHAIN);
         };
         let len = ext.u8(1) as usize;
         off += match nh {
@@ -313,7 +386,7 @@ fn ipv6<const PROBE: bool>(
             44 => {
                 let offset = ((ext.be16(2) >> 3) as usize) * 8;
                 if offset + payload > 65535 {
-                    return drop_malformed(stats);
+                    return stats.malformed(why::BAD_FRAGMENT);
                 }
                 fr = Frag {
                     fragmented: true,
@@ -331,7 +404,7 @@ fn ipv6<const PROBE: bool>(
     }
     if matches!(nh, 0 | 43 | 60 | 44 | 51) || off > MAX_L4_OFF {
         // Chain longer than we walk, or headers too long.
-        return drop_malformed(stats);
+        return stats.malformed(why::EXT_CHAIN);
     }
     finish::<PROBE>(
         f,
@@ -365,7 +438,7 @@ fn finish<const PROBE: bool>(
     stats: Stats,
 ) -> u32 {
     if l4 > MAX_L4_OFF {
-        return drop_malformed(stats);
+        return stats.malformed(why::EXT_CHAIN);
     }
     let frag_key = FragKey {
         src,
@@ -384,7 +457,7 @@ fn finish<const PROBE: bool>(
         return XDP_DROP;
     }
     let Some(flow) = l4_flow(f, l4, fam, proto, src, dst) else {
-        return drop_malformed(stats);
+        return stats.malformed(why::TRUNCATED_L4);
     };
     if vip_idx >= MAX_VIPS {
         return XDP_DROP;

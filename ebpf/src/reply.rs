@@ -13,7 +13,7 @@ use xnlb_common::{counter, ctrl, Table};
 
 use crate::packet::Frame;
 use crate::parse::{find_vip4, find_vip6, lease_valid, Stats};
-use crate::{XDP_DROP, XDP_PASS, XDP_TX, XNLB_CTRL};
+use crate::{XDP_PASS, XDP_TX, XNLB_CTRL};
 
 /// ICMPv6 type of a neighbour solicitation.
 pub const ND_NEIGHBOR_SOLICIT: u8 = 135;
@@ -47,8 +47,7 @@ pub fn arp(f: &Frame, l3: usize, t: &Table, stats: Stats) -> u32 {
         return XDP_PASS;
     };
     if !lease_valid() {
-        stats.bump(counter::DROPPED_FENCED);
-        return XDP_DROP;
+        return stats.fenced();
     }
     let Some(mac) = if_mac() else {
         return XDP_PASS;
@@ -96,8 +95,7 @@ pub fn neighbour_solicitation(f: &Frame, l3: usize, t: &Table, stats: Stats) -> 
         return None;
     }
     if !lease_valid() {
-        stats.bump(counter::DROPPED_FENCED);
-        return Some(XDP_DROP);
+        return Some(stats.fenced());
     }
     let mac = if_mac()?;
     if vip >= t.vips.len() {

@@ -91,7 +91,13 @@ fn main() -> Result<()> {
             "converge" => sim(&root, &["--bench-converge".to_string()])?,
             "failover" | "peers" => {
                 build_ebpf(&root, true)?;
-                run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-q", "-p", "xnlb"]))?;
+                run(Command::new("cargo").current_dir(&root).args([
+                    "build",
+                    "--release",
+                    "-q",
+                    "-p",
+                    "xnlb",
+                ]))?;
                 run(Command::new("cargo").current_dir(&root).args([
                     "run",
                     "--release",
@@ -102,14 +108,32 @@ fn main() -> Result<()> {
                     &format!("bench-{which}"),
                 ]))?
             }
-            other => bail!("unknown benchmark {other:?}: expected dataplane, converge, failover or peers"),
+            other => bail!(
+                "unknown benchmark {other:?}: expected dataplane, converge, failover or peers"
+            ),
         },
         Cmd::Soak { minutes } => {
             build_ebpf(&root, true)?;
-            run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-q", "-p", "xnlb"]))?;
+            run(Command::new("cargo").current_dir(&root).args([
+                "build",
+                "--release",
+                "-q",
+                "-p",
+                "xnlb",
+            ]))?;
             run(Command::new("cargo")
                 .current_dir(&root)
-                .args(["run", "--release", "-q", "-p", "xnlb-tests", "--bin", "soak", "--", "--minutes"])
+                .args([
+                    "run",
+                    "--release",
+                    "-q",
+                    "-p",
+                    "xnlb-tests",
+                    "--bin",
+                    "soak",
+                    "--",
+                    "--minutes",
+                ])
                 .arg(minutes.to_string()))?
         }
     }

@@ -22,6 +22,8 @@ pub const TABLE_GRACE: Duration = Duration::from_millis(2);
 
 /// The loaded XDP object and its maps.
 pub struct Dataplane {
+    /// Forwards the XDP program's (rate-limited) log records to `tracing`.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     ebpf: Ebpf,
     pin_dir: PathBuf,
     active: u32,
@@ -52,7 +54,15 @@ impl Dataplane {
             prog.load()
                 .map_err(|source| DataplaneError::Program { name, source })?;
         }
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!("XDP program logs unavailable: {e}");
+                None
+            }
+        };
         let mut dp = Dataplane {
+            logger,
             ebpf,
             pin_dir: pin_dir.to_owned(),
             active: 0,
@@ -70,6 +80,13 @@ impl Dataplane {
         }
         dp.active = (dp.ctrl_get(ctrl::ACTIVE)? & 1) as u32;
         Ok(dp)
+    }
+
+    /// Moves the XDP program's pending log records into the agent's log.
+    pub fn flush_logs(&mut self) {
+        if let Some(l) = &mut self.logger {
+            l.flush();
+        }
     }
 
     /// Where the maps are pinned.
