@@ -151,6 +151,25 @@ struct RawVip {
     priority: Option<Spanned<Vec<i64>>>,
     #[serde(default)]
     rule: Vec<RawRule>,
+    #[serde(default)]
+    health: Option<RawHealth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(default)]
+    tcp: Option<Spanned<String>>,
+    #[serde(default)]
+    command: Option<Spanned<String>>,
+    #[serde(default)]
+    interval_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    fall: Option<Spanned<u32>>,
+    #[serde(default)]
+    rise: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +280,30 @@ pub struct PortRule {
     pub priority: Vec<u8>,
 }
 
+/// What a health check runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthProbe {
+    /// A TCP connect to a local service.
+    Tcp(SocketAddr),
+    /// A command (run with `sh -c`); exit status 0 is healthy.
+    Command(String),
+}
+
+/// A VIP's health check: the node drains while it fails.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// The probe.
+    pub probe: HealthProbe,
+    /// Time between probes.
+    pub interval_ms: u64,
+    /// Time a probe may take.
+    pub timeout_ms: u64,
+    /// Consecutive failures that drain the node.
+    pub fall: u32,
+    /// Consecutive successes that resume it.
+    pub rise: u32,
+}
+
 /// A VIP.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vip {
@@ -274,6 +317,8 @@ pub struct Vip {
     pub default_priority: Vec<u8>,
     /// Port rules, first match wins.
     pub rules: Vec<PortRule>,
+    /// Optional health check.
+    pub health: Option<Health>,
 }
 
 /// A validated configuration.
@@ -332,6 +377,72 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    fn health(
+        &self,
+        h: &RawHealth,
+        key: &str,
+        at: std::ops::Range<usize>,
+    ) -> Result<Health, ConfigError> {
+        let probe = match (&h.tcp, &h.command) {
+            (Some(t), None) => HealthProbe::Tcp(t.get_ref().parse().or_else(|_| {
+                self.err(
+                    t.span(),
+                    format!("{key}.tcp"),
+                    format!("{:?} is not an IP:port address", t.get_ref()),
+                )
+            })?),
+            (None, Some(c)) if !c.get_ref().trim().is_empty() => {
+                HealthProbe::Command(c.get_ref().clone())
+            }
+            (None, Some(c)) => return self.err(c.span(), format!("{key}.command"), "is empty"),
+            _ => return self.err(at, key.to_string(), "needs exactly one of tcp or command"),
+        };
+        let num = |v: &Option<Spanned<u64>>,
+                   name: &str,
+                   default: u64,
+                   max: u64|
+         -> Result<u64, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(x) if (1..=max).contains(x.get_ref()) => Ok(*x.get_ref()),
+                Some(x) => self.err(
+                    x.span(),
+                    format!("{key}.{name}"),
+                    format!("{} is not in 1..={max}", x.get_ref()),
+                ),
+            }
+        };
+        let count =
+            |v: &Option<Spanned<u32>>, name: &str, default: u32| -> Result<u32, ConfigError> {
+                match v {
+                    None => Ok(default),
+                    Some(x) if (1..=100).contains(x.get_ref()) => Ok(*x.get_ref()),
+                    Some(x) => self.err(
+                        x.span(),
+                        format!("{key}.{name}"),
+                        format!("{} is not in 1..=100", x.get_ref()),
+                    ),
+                }
+            };
+        let interval_ms = num(&h.interval_ms, "interval_ms", 1000, 3_600_000)?;
+        let timeout_ms = num(&h.timeout_ms, "timeout_ms", 500, 3_600_000)?;
+        if timeout_ms > interval_ms {
+            let span = h.timeout_ms.as_ref().map(|t| t.span()).unwrap_or(at);
+            return self.err(
+                span,
+                format!("{key}.timeout_ms"),
+                format!("{timeout_ms} is longer than interval_ms {interval_ms}"),
+            );
+        }
+        Ok(Health {
+            probe,
+            interval_ms,
+            timeout_ms,
+            fall: count(&h.fall, "fall", 3)?,
+            rise: count(&h.rise, "rise", 2)?,
+        })
+    }
+
     fn line(&self, offset: usize) -> usize {
         self.src[..offset.min(self.src.len())].matches('\n').count() + 1
     }
@@ -740,12 +851,17 @@ impl Config {
                     priority,
                 });
             }
+            let health = match &v.health {
+                None => None,
+                Some(h) => Some(cx.health(h, &format!("{key}.health"), v.address.span())?),
+            };
             vips.push(Vip {
                 address,
                 unicast_mac,
                 default,
                 default_priority,
                 rules,
+                health,
             });
         }
         if vips.len() > xnlb_common::MAX_VIPS {

@@ -5,6 +5,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod flow;
+pub mod health;
 pub mod host;
 pub mod key;
 pub mod metrics;

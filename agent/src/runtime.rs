@@ -550,6 +550,21 @@ async fn protocol_loop(
             }
         });
     }
+    let (health_tx, mut health_rx) = mpsc::channel::<crate::health::Outcome>(64);
+    let spawn_checks = |cfg: &Config| -> Vec<tokio::task::JoinHandle<()>> {
+        cfg.vips
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| {
+                v.health
+                    .clone()
+                    .map(|h| tokio::spawn(crate::health::run(i, h, health_tx.clone())))
+            })
+            .collect()
+    };
+    let mut checks = spawn_checks(&sh.cfg);
+    let mut tracker = crate::health::Tracker::new(sh.cfg.vips.len());
+    let mut health_drained = false;
     let mut flows = tokio::time::interval(Duration::from_millis(500));
     let mut stop_deadline: Option<tokio::time::Instant> = None;
     sh.node.handle_timeout(now());
@@ -581,8 +596,33 @@ async fn protocol_loop(
                     sh.node.stop(now());
                     stop_deadline.get_or_insert(tokio::time::Instant::now() + Duration::from_secs(5));
                 }
-                Signal::Reload => sh.reload(),
+                Signal::Reload => {
+                    sh.reload();
+                    for c in checks.drain(..) {
+                        c.abort();
+                    }
+                    checks = spawn_checks(&sh.cfg);
+                    tracker = crate::health::Tracker::new(sh.cfg.vips.len());
+                }
             },
+            Some(outcome) = health_rx.recv() => {
+                let vip = sh.cfg.vips.get(outcome.vip).map(|v| (v.address, v.health.clone()));
+                if let Some((addr, Some(h))) = vip {
+                    match tracker.record(outcome, &h) {
+                        crate::health::Action::Drain => {
+                            warn!("health check of VIP {addr} failed {} times in a row: draining this node", h.fall);
+                            sh.node.drain(now(), None);
+                            health_drained = true;
+                        }
+                        crate::health::Action::Resume if health_drained => {
+                            info!("health checks pass again ({} in a row): resuming", h.rise);
+                            sh.node.resume(now());
+                            health_drained = false;
+                        }
+                        _ => {}
+                    }
+                }
+            }
             _ = flows.tick() => {
                 sh.report_flows();
                 if let Some(dp) = &mut sh.dp {
