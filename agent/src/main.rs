@@ -122,10 +122,13 @@ fn control(t: &Target, req: Request) -> Result<xnlb::control::Response, String> 
 fn init_logging() {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("XNLB_LOG").unwrap_or_else(|_| "info".into());
+    // Colours only on a terminal: under systemd stderr goes to the journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(ansi)
         .init();
 }
 
