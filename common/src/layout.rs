@@ -35,6 +35,10 @@ pub const PROG_PROBE: &str = "xnlb_probe";
 /// against.
 pub const PROG_BENCH_BASELINE: &str = "xnlb_bench_drop";
 
+/// Name of the minimal hash-and-lookup filter the data-plane benchmark
+/// also compares against.
+pub const PROG_BENCH_MINIMAL: &str = "xnlb_bench_minimal";
+
 /// Largest supported `buckets` setting.
 pub const MAX_BUCKETS: u32 = 16384;
 /// Slots after the buckets, one per `single`-mode rule or VIP default.
@@ -365,8 +369,12 @@ pub struct FlowKey {
     pub vip_port: u16,
     /// IP protocol.
     pub proto: u8,
-    /// Explicit padding (always zero: part of the hashed key).
-    pub _pad: [u8; 3],
+    /// Explicit padding (always zero: part of the hashed key). Scalars, not
+    /// a `[u8; 3]`: LLVM turns a 3-byte array initialisation into an
+    /// out-of-line `memset` call, a byte loop in BPF, on every packet.
+    pub _pad: u8,
+    /// Explicit padding (always zero).
+    pub _pad2: u16,
 }
 
 /// What a node remembers about a connection it accepted.
@@ -399,8 +407,11 @@ pub struct FragKey {
     pub id: u32,
     /// IP protocol.
     pub proto: u8,
+    /// Explicit padding (always zero; scalars for the reason given on
+    /// [`FlowKey`]).
+    pub _pad: u8,
     /// Explicit padding (always zero).
-    pub _pad: [u8; 3],
+    pub _pad2: u16,
 }
 
 #[cfg(feature = "user")]

@@ -98,6 +98,23 @@ impl<const N: usize> Hdr<N> {
         unsafe { core::ptr::write_unaligned((self.p + i) as *mut [u8; M], *bytes) }
     }
 
+    /// Writes a MAC address at `i` as a 4-byte and a 2-byte store (a
+    /// `[u8; 6]` copy would become an out-of-line `memmove` call).
+    #[inline(always)]
+    pub fn write_mac(&self, i: usize, mac: &[u8; 6]) {
+        self.write_word(i, u32::from_ne_bytes([mac[0], mac[1], mac[2], mac[3]]));
+        // SAFETY: in bounds by construction.
+        unsafe { *((self.p + i + 4) as *mut u16) = u16::from_ne_bytes([mac[4], mac[5]]) }
+    }
+
+    /// Reads a MAC address at `i` (two loads, no `memcpy`).
+    #[inline(always)]
+    pub fn read_mac(&self, i: usize) -> [u8; 6] {
+        let a = self.word(i).to_ne_bytes();
+        let b = self.raw16(i + 4).to_ne_bytes();
+        [a[0], a[1], a[2], a[3], b[0], b[1]]
+    }
+
     /// Writes a word (as loaded by [`Hdr::word`]) at `i`.
     #[inline(always)]
     pub fn write_word(&self, i: usize, w: u32) {

@@ -445,7 +445,8 @@ fn finish<const PROBE: bool>(
         dst,
         id: fr.id,
         proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     if fr.later {
         // No L4 header here: follow the node that took the first fragment.
@@ -516,7 +517,7 @@ fn accept(f: &Frame, cluster_dst: bool, stats: Stats) -> u32 {
         // rewrite the cluster MAC to the interface's.
         if let (Some(mac), Some(eth)) = (XNLB_CTRL.get(ctrl::IFMAC), f.get::<6>(0)) {
             let m = mac.to_le_bytes();
-            eth.write::<6>(0, &[m[0], m[1], m[2], m[3], m[4], m[5]]);
+            eth.write_mac(0, &[m[0], m[1], m[2], m[3], m[4], m[5]]);
         }
     }
     XDP_PASS

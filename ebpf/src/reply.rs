@@ -56,17 +56,17 @@ pub fn arp(f: &Frame, l3: usize, t: &Table, stats: Stats) -> u32 {
         return XDP_PASS;
     }
     let cmac = t.vips[vip].cluster_mac();
-    let sha = a.read::<6>(8);
+    let sha = a.read_mac(8);
     let spa = a.read::<4>(14);
     a.write::<2>(6, &[0, 2]);
-    a.write::<6>(8, &cmac);
+    a.write_mac(8, &cmac);
     a.write_word(14, tpa);
-    a.write::<6>(18, &sha);
+    a.write_mac(18, &sha);
     a.write::<4>(24, &spa);
     // Back to the requester, from us.
-    let requester = eth.read::<6>(6);
-    eth.write::<6>(0, &requester);
-    eth.write::<6>(6, &mac);
+    let requester = eth.read_mac(6);
+    eth.write_mac(0, &requester);
+    eth.write_mac(6, &mac);
     stats.bump(counter::ARP_REPLIES);
     XDP_TX
 }
@@ -102,9 +102,9 @@ pub fn neighbour_solicitation(f: &Frame, l3: usize, t: &Table, stats: Stats) -> 
         return None;
     }
     let cmac = t.vips[vip].cluster_mac();
-    let requester = eth.read::<6>(6);
-    eth.write::<6>(0, &requester);
-    eth.write::<6>(6, &mac);
+    let requester = eth.read_mac(6);
+    eth.write_mac(0, &requester);
+    eth.write_mac(6, &mac);
     // IPv6: from the VIP to the solicitor.
     for i in 0..4 {
         p.write_word(8 + i * 4, target[i]);
@@ -114,7 +114,7 @@ pub fn neighbour_solicitation(f: &Frame, l3: usize, t: &Table, stats: Stats) -> 
     p.write::<4>(40, &[ND_NEIGHBOR_ADVERT, 0, 0, 0]);
     p.write::<4>(44, &[0x60, 0, 0, 0]);
     p.write::<2>(64, &[2, 1]);
-    p.write::<6>(66, &cmac);
+    p.write_mac(66, &cmac);
     // ICMPv6 checksum over the pseudo-header and the 32-byte message. One's
     // complement sums are byte-order independent (RFC 1071 section 2), so
     // summing native loads and storing the result natively is exact.

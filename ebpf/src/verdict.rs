@@ -41,7 +41,8 @@ fn key(flow: &Flow) -> FlowKey {
         client_port: (flow.ports & 0xffff) as u16,
         vip_port: (flow.ports >> 16) as u16,
         proto: flow.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     }
 }
 

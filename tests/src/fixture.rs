@@ -92,6 +92,11 @@ impl Fixture {
         }
     }
 
+    /// Runs program `name` on `frame`.
+    pub fn run_named(&mut self, name: &'static str, frame: &[u8]) -> Outcome {
+        self.run_prog(name, frame)
+    }
+
     /// Runs the filter on `frame`.
     pub fn run(&mut self, frame: &[u8]) -> Outcome {
         self.run_prog(PROG_FILTER, frame)

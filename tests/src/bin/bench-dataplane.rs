@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use pnet::packet::ethernet::EtherTypes;
 use xnlb::flow::{classify, FlowSpec};
-use xnlb_common::{ipproto, slot_state, PROG_BENCH_BASELINE, PROG_FILTER};
+use xnlb_common::{ipproto, slot_state, PROG_BENCH_BASELINE, PROG_BENCH_MINIMAL, PROG_FILTER};
 use xnlb_tests::fixture::Fixture;
 use xnlb_tests::frames::*;
 use xnlb_tests::tables::{half_table, VIP4, VIP6};
@@ -28,6 +28,11 @@ fn main() {
         .expect("baseline")
         .load()
         .expect("load baseline");
+    fx.dp
+        .program(PROG_BENCH_MINIMAL)
+        .expect("minimal")
+        .load()
+        .expect("load minimal filter");
     let cmac4 = [0x03, 0xbf, 198, 18, 0, 100];
     let cmac6 = [0x03, 0xbf, 0, 0, 1, 0];
     let c4: IpAddr = Ipv4Addr::new(198, 18, 1, 1).into();
@@ -114,6 +119,12 @@ fn main() {
             1,
         ),
         (
+            "minimal hash+lookup filter, owned",
+            PROG_BENCH_MINIMAL,
+            frame(cmac4, c4, VIP4.into(), &ack(own), &none),
+            2,
+        ),
+        (
             "non-VIP packet (passed)",
             PROG_FILTER,
             frame([2, 0, 0, 0, 0, 9], c4, other, &ack(1), &none),
@@ -192,8 +203,8 @@ fn main() {
         ),
     ];
     for (name, prog, f, want) in &cases {
-        let action = if *prog == PROG_FILTER {
-            fx.run(f).action
+        let action = if *prog != PROG_BENCH_BASELINE {
+            fx.run_named(prog, f).action
         } else {
             *want
         };
@@ -207,12 +218,19 @@ fn main() {
         }
     }
     let medians: Vec<f64> = samples.into_iter().map(median).collect();
-    let base = medians[0];
+    let (base, minimal) = (medians[0], medians[1]);
     println!(
         "xnlb data plane, BPF_PROG_TEST_RUN, {REPEAT} repeats x {RUNS} runs, median ns/packet"
     );
-    println!("{:<38} {:>9} {:>9}", "path", "ns/pkt", "vs bare");
+    println!(
+        "{:<38} {:>9} {:>9} {:>11}",
+        "path", "ns/pkt", "vs bare", "vs minimal"
+    );
     for ((name, ..), m) in cases.iter().zip(&medians) {
-        println!("{name:<38} {m:>9.1} {:>8.2}x", m / base);
+        println!(
+            "{name:<38} {m:>9.1} {:>8.2}x {:>10.2}x",
+            m / base,
+            m / minimal
+        );
     }
 }
