@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use xnlb::flow::ip_bytes;
+use xnlb::flow::{classify, ip_bytes, FlowSpec};
 use xnlb_common::{
     addr_words, affinity, family, mac_mode, mode, proto_mask, seed_from_name, single_slot_index,
     slot_state, Rule, Table, Vip,
@@ -114,4 +114,42 @@ pub fn half_table() -> Box<Table> {
         t.state[b] = slot_state::OWNED;
     }
     t
+}
+
+/// The slot (bucket or single-slot index) a flow lands in under `t`.
+pub fn slot_of(
+    t: &Table,
+    vip: IpAddr,
+    client: IpAddr,
+    proto: u8,
+    client_port: u16,
+    vip_port: u16,
+) -> usize {
+    classify(
+        t,
+        &FlowSpec {
+            vip,
+            client,
+            proto,
+            client_port,
+            vip_port,
+        },
+    )
+    .expect("VIP in table")
+    .slot
+}
+
+/// The first client port (from 1024 up) whose flow lands in a slot whose
+/// state satisfies `want`.
+pub fn port_where(
+    t: &Table,
+    vip: IpAddr,
+    client: IpAddr,
+    proto: u8,
+    vip_port: u16,
+    want: impl Fn(u16, usize) -> bool,
+) -> u16 {
+    (1024..65535)
+        .find(|&p| want(p, slot_of(t, vip, client, proto, p, vip_port)))
+        .expect("some client port satisfies the condition")
 }

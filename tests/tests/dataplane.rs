@@ -4,7 +4,6 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use pnet::packet::ethernet::EtherTypes;
-use xnlb::flow::{classify, FlowSpec};
 use xnlb_common::{counter, ipproto, single_slot_index, slot_state, Counters, Table};
 use xnlb_tests::fixture::{Fixture, DROP, IF_MAC, PASS, TX};
 use xnlb_tests::frames::*;
@@ -22,24 +21,11 @@ fn client6(n: u16) -> IpAddr {
     Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, n).into()
 }
 
-/// A client port whose TCP flow to `vip:dport` lands in a slot with `state`.
+/// A client port whose flow to `vip:dport` lands in a slot with `state`.
 fn port_in(t: &Table, vip: IpAddr, client: IpAddr, proto: u8, dport: u16, state: u8) -> u16 {
-    (1024..65535)
-        .find(|&p| {
-            let c = classify(
-                t,
-                &FlowSpec {
-                    vip,
-                    client,
-                    proto,
-                    client_port: p,
-                    vip_port: dport,
-                },
-            )
-            .expect("vip");
-            t.state[c.slot] == state
-        })
-        .expect("some port lands in the wanted state")
+    port_where(t, vip, client, proto, dport, |_, slot| {
+        t.state[slot] == state
+    })
 }
 
 fn delta(before: &Counters, after: &Counters, i: usize) -> u64 {
@@ -359,18 +345,7 @@ fn icmp_echo_hashes_on_source_and_identifier() {
     ] {
         let mut seen = [false; 2];
         for id in 0..64u16 {
-            let cl = classify(
-                &t,
-                &FlowSpec {
-                    vip,
-                    client: c,
-                    proto,
-                    client_port: id,
-                    vip_port: 0,
-                },
-            )
-            .expect("vip");
-            let want = if t.state[cl.slot] == slot_state::OWNED {
+            let want = if t.state[slot_of(&t, vip, c, proto, id, 0)] == slot_state::OWNED {
                 PASS
             } else {
                 DROP
@@ -506,40 +481,12 @@ fn releasing_keeps_tracked_connections_and_acquiring_takes_new_ones() {
     fx.serve(&t);
     // Connection A opens while we own every bucket: tracked.
     let a = 40_000;
-    let slot = classify(
-        &t,
-        &FlowSpec {
-            vip,
-            client: c,
-            proto: ipproto::TCP,
-            client_port: a,
-            vip_port: 80,
-        },
-    )
-    .expect("vip")
-    .slot;
+    let slot = slot_of(&t, vip, c, ipproto::TCP, a, 80);
     let pkt =
         |port: u16, flags: u8| frame(CMAC4, c, vip, &tcp(port, 80, flags), &IpOpts::default());
     assert_eq!(fx.run(&pkt(a, SYN)).action, PASS);
     // Find a second port in the same bucket, never seen.
-    let b = (1024..65535)
-        .find(|&p| {
-            p != a
-                && classify(
-                    &t,
-                    &FlowSpec {
-                        vip,
-                        client: c,
-                        proto: ipproto::TCP,
-                        client_port: p,
-                        vip_port: 80,
-                    },
-                )
-                .expect("vip")
-                .slot
-                    == slot
-        })
-        .expect("port in same bucket");
+    let b = port_where(&t, vip, c, ipproto::TCP, 80, |p, s| p != a && s == slot);
 
     // RELEASING: only tracked connections.
     t.state[slot] = slot_state::RELEASING;
@@ -561,23 +508,7 @@ fn releasing_keeps_tracked_connections_and_acquiring_takes_new_ones() {
         DROP,
         "new connections go to the acquirer"
     );
-    let u = (1024..65535)
-        .find(|&p| {
-            classify(
-                &t,
-                &FlowSpec {
-                    vip,
-                    client: c,
-                    proto: ipproto::UDP,
-                    client_port: p,
-                    vip_port: 80,
-                },
-            )
-            .expect("vip")
-            .slot
-                == slot
-        })
-        .expect("UDP port in the same bucket");
+    let u = port_where(&t, vip, c, ipproto::UDP, 80, |_, s| s == slot);
     let udp = frame(
         CMAC4,
         c,
@@ -601,24 +532,9 @@ fn releasing_keeps_tracked_connections_and_acquiring_takes_new_ones() {
     // ACQUIRING: new connections and our own, not the releaser's.
     t.state[slot] = slot_state::ACQUIRING;
     fx.dp.install(&t).expect("install");
-    let d = (1024..65535)
-        .rev()
-        .find(|&p| {
-            classify(
-                &t,
-                &FlowSpec {
-                    vip,
-                    client: c,
-                    proto: ipproto::TCP,
-                    client_port: p,
-                    vip_port: 80,
-                },
-            )
-            .expect("vip")
-            .slot
-                == slot
-        })
-        .expect("port");
+    let d = port_where(&t, vip, c, ipproto::TCP, 80, |p, s| {
+        p != a && p != b && s == slot
+    });
     assert_eq!(
         fx.run(&pkt(d, ACK)).action,
         DROP,

@@ -91,13 +91,7 @@ fn main() -> Result<()> {
             "converge" => sim(&root, &["--bench-converge".to_string()])?,
             "failover" | "peers" => {
                 build_ebpf(&root, true)?;
-                run(Command::new("cargo").current_dir(&root).args([
-                    "build",
-                    "--release",
-                    "-q",
-                    "-p",
-                    "xnlb",
-                ]))?;
+                build_agent(&root)?;
                 run(Command::new("cargo").current_dir(&root).args([
                     "run",
                     "--release",
@@ -114,13 +108,7 @@ fn main() -> Result<()> {
         },
         Cmd::Soak { minutes } => {
             build_ebpf(&root, true)?;
-            run(Command::new("cargo").current_dir(&root).args([
-                "build",
-                "--release",
-                "-q",
-                "-p",
-                "xnlb",
-            ]))?;
+            build_agent(&root)?;
             run(Command::new("cargo")
                 .current_dir(&root)
                 .args([
@@ -179,6 +167,13 @@ fn build_ebpf(root: &Path, release: bool) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// Builds the release agent binary (the cluster tests and benches run it).
+fn build_agent(root: &Path) -> Result<()> {
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["build", "--release", "-q", "-p", "xnlb"]))
+}
+
 fn sim(root: &Path, args: &[String]) -> Result<()> {
     run(Command::new("cargo")
         .current_dir(root)
@@ -222,13 +217,11 @@ fn test(root: &Path, no_kernel: bool) -> Result<()> {
         return Ok(());
     }
     if !is_root() {
-        bail!("the kernel tests need root (CAP_BPF, CAP_NET_ADMIN): run `sudo cargo xtask test`, or `cargo xtask test --no-kernel` for the rest");
+        bail!("the kernel tests need root (CAP_BPF, CAP_NET_ADMIN): run `cargo xtask test` as root, or `cargo xtask test --no-kernel` for the rest");
     }
     eprintln!("xtask: kernel tests (BPF_PROG_TEST_RUN, veth, namespaces, real agents)");
     // The cluster tests run the agent binary itself.
-    run(Command::new("cargo")
-        .current_dir(root)
-        .args(["build", "--release", "-p", "xnlb"]))?;
+    build_agent(root)?;
     run(Command::new("cargo").current_dir(root).args([
         "test",
         "--release",

@@ -103,11 +103,18 @@ impl Dataplane {
             .map_err(|source| DataplaneError::Program { name, source })
     }
 
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {
+        self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DataplaneError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))
+    }
+
     fn ctrl(&mut self) -> Result<Array<&mut MapData, u64>, DataplaneError> {
-        let map = self
-            .ebpf
-            .map_mut(map_name::CTRL)
-            .ok_or(DataplaneError::MissingMap(map_name::CTRL))?;
+        let map = self.map_mut(map_name::CTRL)?;
         Array::try_from(map).map_err(map_err(map_name::CTRL))
     }
 
@@ -138,10 +145,7 @@ impl Dataplane {
         }
         let idle = 1 - self.active;
         {
-            let map = self
-                .ebpf
-                .map_mut(map_name::TABLES)
-                .ok_or(DataplaneError::MissingMap(map_name::TABLES))?;
+            let map = self.map_mut(map_name::TABLES)?;
             let mut tables: Array<&mut MapData, Table> =
                 Array::try_from(map).map_err(map_err(map_name::TABLES))?;
             tables
@@ -157,10 +161,7 @@ impl Dataplane {
     /// The live table.
     pub fn current_table(&mut self) -> Result<Box<Table>, DataplaneError> {
         let active = self.active;
-        let map = self
-            .ebpf
-            .map(map_name::TABLES)
-            .ok_or(DataplaneError::MissingMap(map_name::TABLES))?;
+        let map = self.map(map_name::TABLES)?;
         let tables: Array<&MapData, Table> =
             Array::try_from(map).map_err(map_err(map_name::TABLES))?;
         Ok(Box::new(
@@ -189,10 +190,7 @@ impl Dataplane {
 
     /// Counters summed over CPUs.
     pub fn counters(&self) -> Result<Counters, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(map_name::STATS)
-            .ok_or(DataplaneError::MissingMap(map_name::STATS))?;
+        let map = self.map(map_name::STATS)?;
         let stats: PerCpuArray<&MapData, Counters> =
             PerCpuArray::try_from(map).map_err(map_err(map_name::STATS))?;
         let per_cpu = stats.get(&0, 0).map_err(map_err(map_name::STATS))?;
@@ -270,10 +268,7 @@ impl Dataplane {
     /// that are not closing: what a handoff or drain waits for.
     pub fn releasing_flows(&mut self) -> Result<u64, DataplaneError> {
         let table = self.current_table()?;
-        let map = self
-            .ebpf
-            .map(map_name::FLOWS)
-            .ok_or(DataplaneError::MissingMap(map_name::FLOWS))?;
+        let map = self.map(map_name::FLOWS)?;
         let flows: HashMap<&MapData, FlowKey, FlowValue> =
             HashMap::try_from(map).map_err(map_err(map_name::FLOWS))?;
         let mut n = 0;
@@ -289,10 +284,7 @@ impl Dataplane {
 
     /// Number of tracked connections (all slots).
     pub fn tracked_flows(&self) -> Result<usize, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(map_name::FLOWS)
-            .ok_or(DataplaneError::MissingMap(map_name::FLOWS))?;
+        let map = self.map(map_name::FLOWS)?;
         let flows: HashMap<&MapData, FlowKey, FlowValue> =
             HashMap::try_from(map).map_err(map_err(map_name::FLOWS))?;
         Ok(flows.keys().filter(|k| k.is_ok()).count())

@@ -5,11 +5,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use pnet::packet::ethernet::EtherTypes;
-use xnlb::flow::{classify, FlowSpec};
 use xnlb_common::{ipproto, slot_state, PROG_BENCH_BASELINE, PROG_BENCH_MINIMAL, PROG_FILTER};
 use xnlb_tests::fixture::Fixture;
 use xnlb_tests::frames::*;
-use xnlb_tests::tables::{half_table, VIP4, VIP6};
+use xnlb_tests::tables::{half_table, port_where, slot_of, VIP4, VIP6};
 
 const REPEAT: u32 = 1_000_000;
 const RUNS: usize = 7;
@@ -38,23 +37,8 @@ fn main() {
     let c4: IpAddr = Ipv4Addr::new(198, 18, 1, 1).into();
     let c6: IpAddr = Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 1).into();
     let port = |vip: IpAddr, c: IpAddr, proto: u8, dport: u16, state: u8| -> (u16, usize) {
-        (1024..65535)
-            .map(|p| {
-                let cl = classify(
-                    &t,
-                    &FlowSpec {
-                        vip,
-                        client: c,
-                        proto,
-                        client_port: p,
-                        vip_port: dport,
-                    },
-                )
-                .expect("vip");
-                (p, cl.slot)
-            })
-            .find(|&(_, s)| t.state[s] == state)
-            .expect("port")
+        let p = port_where(&t, vip, c, proto, dport, |_, s| t.state[s] == state);
+        (p, slot_of(&t, vip, c, proto, p, dport))
     };
     let (own, _) = port(VIP4.into(), c4, ipproto::TCP, 80, slot_state::OWNED);
     let (foreign, _) = port(VIP4.into(), c4, ipproto::TCP, 80, slot_state::NOT_OWNED);
