@@ -7,6 +7,7 @@ pub mod fixture;
 pub mod frames;
 pub mod netns;
 pub mod tables;
+pub mod traffic;
 
 /// Panics with a clear message unless running as root: these tests load BPF
 /// programs and create network namespaces.
