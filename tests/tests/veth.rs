@@ -5,12 +5,13 @@
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::time::Duration;
 
 use aya::programs::XdpMode;
 use xnlb::flow::{classify, FlowSpec};
 use xnlb_common::{counter, ipproto, slot_state, PROG_FILTER};
+use xnlb_tests::cluster::connect_between;
 use xnlb_tests::fixture::Fixture;
 use xnlb_tests::netns::{veth, Netns};
 use xnlb_tests::tables::{half_table, VIP4B};
@@ -163,7 +164,13 @@ fn run_mode(mode: XdpMode) {
         .expect("vip");
         let owned = t.state[c.slot] == slot_state::OWNED;
         expected += owned as usize;
-        let res = client.enter(|| connect_from(p, vip));
+        let res = client.enter(|| {
+            connect_between(
+                SocketAddr::from((CLIENT, p)),
+                SocketAddr::from((vip, 80)),
+                Duration::from_millis(400),
+            )
+        });
         match res {
             Some(mut s) => {
                 let mut b = [0u8; 4];
@@ -196,58 +203,6 @@ fn run_mode(mode: XdpMode) {
         ports.len(),
         counters.c
     );
-}
-
-/// Connects from a fixed source port with a 400 ms timeout (std cannot
-/// bind before connecting). `None` if the SYN went unanswered.
-fn connect_from(port: u16, vip: Ipv4Addr) -> Option<TcpStream> {
-    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(ip.octets()),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
-    // SAFETY: plain socket syscalls on a descriptor this function owns (the
-    // TcpStream takes it over at once and closes it on every path).
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let stream = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            &one as *const _ as *const libc::c_void,
-            4,
-        );
-        let local = sockaddr(CLIENT, port);
-        let rc = libc::bind(fd, &local as *const _ as *const libc::sockaddr, len);
-        assert_eq!(
-            rc,
-            0,
-            "bind port {port}: {}",
-            std::io::Error::last_os_error()
-        );
-        let remote = sockaddr(vip, 80);
-        libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len);
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        let ready = libc::poll(&mut pfd, 1, 400) == 1;
-        if ready && stream.take_error().ok().flatten().is_none() && stream.peer_addr().is_ok() {
-            stream.set_nonblocking(false).ok();
-            stream.set_read_timeout(Some(Duration::from_secs(2))).ok();
-            Some(stream)
-        } else {
-            None
-        }
-    }
 }
 
 #[test]
