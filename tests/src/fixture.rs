@@ -61,8 +61,11 @@ impl Fixture {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let dir = PathBuf::from(format!("/sys/fs/bpf/xnlb-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let dp =
-            Dataplane::load(&obj, &dir).unwrap_or_else(|e| panic!("loading the XDP object: {e:?}"));
+        let dp = Dataplane::load(&obj, &dir).unwrap_or_else(|e| {
+            // No Fixture exists yet to clean up on drop.
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("loading the XDP object: {e:?}")
+        });
         Fixture { dp, dir }
     }
 
