@@ -134,7 +134,8 @@ impl StatusView {
             epoch: s.epoch,
             // A serving node whose data-plane lease is not (yet) valid drops
             // every VIP packet: it is not converged from a client's view.
-            converged: s.converged && (s.role == xnlb_proto::Role::Witness || s.lease_until.0 > now.0),
+            converged: s.converged
+                && (s.role == xnlb_proto::Role::Witness || s.lease_until.0 > now.0),
             buckets: BucketsView {
                 total: s.buckets_total,
                 owned: s.buckets_owned,

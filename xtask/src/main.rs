@@ -78,29 +78,13 @@ fn main() -> Result<()> {
         Cmd::Bench { which } => match which.as_str() {
             "dataplane" => {
                 build_ebpf(&root, true)?;
-                run(Command::new("cargo").current_dir(&root).args([
-                    "run",
-                    "--release",
-                    "-q",
-                    "-p",
-                    "xnlb-tests",
-                    "--bin",
-                    "bench-dataplane",
-                ]))?
+                run_bin(&root, "bench-dataplane", &[])?
             }
             "converge" => sim(&root, &["--bench-converge".to_string()])?,
             "failover" | "peers" => {
                 build_ebpf(&root, true)?;
                 build_agent(&root)?;
-                run(Command::new("cargo").current_dir(&root).args([
-                    "run",
-                    "--release",
-                    "-q",
-                    "-p",
-                    "xnlb-tests",
-                    "--bin",
-                    &format!("bench-{which}"),
-                ]))?
+                run_bin(&root, &format!("bench-{which}"), &[])?
             }
             other => bail!(
                 "unknown benchmark {other:?}: expected dataplane, converge, failover or peers"
@@ -109,20 +93,11 @@ fn main() -> Result<()> {
         Cmd::Soak { minutes } => {
             build_ebpf(&root, true)?;
             build_agent(&root)?;
-            run(Command::new("cargo")
-                .current_dir(&root)
-                .args([
-                    "run",
-                    "--release",
-                    "-q",
-                    "-p",
-                    "xnlb-tests",
-                    "--bin",
-                    "soak",
-                    "--",
-                    "--minutes",
-                ])
-                .arg(minutes.to_string()))?
+            run_bin(
+                &root,
+                "soak",
+                &["--minutes".to_string(), minutes.to_string()],
+            )?
         }
     }
     Ok(())
@@ -165,6 +140,23 @@ fn build_ebpf(root: &Path, release: bool) -> Result<PathBuf> {
     }
     eprintln!("xtask: XDP object at {}", out.display());
     Ok(out)
+}
+
+/// Runs one of the `xnlb-tests` programs (benchmarks, soak) in release.
+fn run_bin(root: &Path, bin: &str, args: &[String]) -> Result<()> {
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args([
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "xnlb-tests",
+            "--bin",
+            bin,
+            "--",
+        ])
+        .args(args))
 }
 
 /// Builds the release agent binary (the cluster tests and benches run it).
