@@ -77,6 +77,9 @@ pub struct ClusterSpec {
     /// Members whose agent is not started by [`Cluster::start`] (start them
     /// later with [`Cluster::start_agent`]: a join).
     pub deferred: Vec<u8>,
+    /// Give the IPv4 VIP a health check: TCP connect to 127.0.0.1:PORT in
+    /// each node's namespace (100 ms interval, fall 2, rise 2).
+    pub health_tcp_port: Option<u16>,
 }
 
 impl ClusterSpec {
@@ -95,6 +98,7 @@ impl ClusterSpec {
             drain_timeout_s: 30,
             vip6: false,
             deferred: Vec::new(),
+            health_tcp_port: None,
         }
     }
 }
@@ -719,11 +723,16 @@ fn config_text(
     if spec.vip6 {
         vips.push(VIP6.to_string());
     }
-    for vip in vips {
+    for (i, vip) in vips.iter().enumerate() {
         t += &format!(
             "\n[[vip]]\naddress = \"{vip}\"\ndefault = \"multiple\"\n\
              [[vip.rule]]\nprotocol = \"both\"\nports = \"1-65535\"\nmode = \"multiple\"\n"
         );
+        if let (0, Some(port)) = (i, spec.health_tcp_port) {
+            t += &format!(
+                "[vip.health]\ntcp = \"127.0.0.1:{port}\"\ninterval_ms = 100\ntimeout_ms = 50\nfall = 2\nrise = 2\n"
+            );
+        }
     }
     t += &format!(
         "\n[control]\nsocket = \"{}\"\nmetrics = \"\"\n",

@@ -232,3 +232,80 @@ fn an_asymmetric_partition_never_overlaps() {
         c.overlaps()
     );
 }
+
+/// A VIP health check drains a node whose service is down (the others take
+/// its buckets, no connection goes to it) and resumes it when the service
+/// comes back.
+#[test]
+fn a_failing_health_check_drains_the_node_until_it_passes() {
+    const PORT: u16 = 9100;
+    let spec = ClusterSpec {
+        health_tcp_port: Some(PORT),
+        ..ClusterSpec::actives(3)
+    };
+    let c = Cluster::start(&spec);
+    // Nodes 2 and 3 have a healthy service; node 1 has none.
+    let _svc2 = c
+        .ns(2)
+        .enter(|| std::net::TcpListener::bind(("127.0.0.1", PORT)))
+        .expect("listen");
+    let _svc3 = c
+        .ns(3)
+        .enter(|| std::net::TcpListener::bind(("127.0.0.1", PORT)))
+        .expect("listen");
+    let deadline = Instant::now() + CONVERGE;
+    let drained = loop {
+        let s1 = c.status(1);
+        if s1
+            .as_ref()
+            .is_some_and(|s| s.state == "drained" && s.buckets.owned == 0)
+        {
+            break s1;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never drained: {s1:?}\n{}",
+            c.log_tail(1, 10)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!(
+        "node 1 drained by its health check: {:?}",
+        drained.map(|s| s.state)
+    );
+    c.wait_converged(&[1, 2, 3], CONVERGE);
+    let split = all_answered_by_owner(&c, 2, 150, 5);
+    assert!(
+        !split.contains_key(&1),
+        "a drained node answered: {split:?}"
+    );
+    // The service comes up on node 1: it resumes and takes its share.
+    let _svc1 = c
+        .ns(1)
+        .enter(|| std::net::TcpListener::bind(("127.0.0.1", PORT)))
+        .expect("listen");
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let s1 = c.status(1);
+        if s1
+            .as_ref()
+            .is_some_and(|s| s.state == "active" && s.buckets.owned >= 1365)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never resumed: {s1:?}\n{}",
+            c.log_tail(1, 10)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.wait_converged(&[1, 2, 3], CONVERGE);
+    let split = all_answered_by_owner(&c, 3, 150, 6);
+    assert_eq!(split.len(), 3, "all three serve again: {split:?}");
+    assert!(
+        c.overlaps().is_empty(),
+        "datagrams accepted twice: {:?}",
+        c.overlaps()
+    );
+}
