@@ -39,6 +39,15 @@ pub const PROG_BENCH_BASELINE: &str = "xnlb_bench_drop";
 /// also compares against.
 pub const PROG_BENCH_MINIMAL: &str = "xnlb_bench_minimal";
 
+/// Name of the traffic generator `cargo xtask bench peers` runs with
+/// `BPF_PROG_TEST_RUN` in live-frames mode (a bare `XDP_PASS` program while
+/// its sender map holds no interface).
+pub const PROG_BENCH_SENDER: &str = "xnlb_bench_sender";
+
+/// Map holding the interface index [`PROG_BENCH_SENDER`] redirects to
+/// (benchmarks only; pinned by name like the data plane's maps).
+pub const MAP_BENCH_TX: &str = "XNLB_BENCH_TX";
+
 /// Largest supported `buckets` setting.
 pub const MAX_BUCKETS: u32 = 16384;
 /// Slots after the buckets, one per `single`-mode rule or VIP default.

@@ -114,3 +114,60 @@ pub fn xnlb_bench_minimal(ctx: XdpContext) -> u32 {
         XDP_DROP
     }
 }
+
+/// Benchmark sender (`cargo xtask bench peers`): the sender veth's ifindex,
+/// set by userspace. 0 (the default) makes [`xnlb_bench_sender`] a bare
+/// `XDP_PASS` program.
+#[map]
+static XNLB_BENCH_TX: Array<u32> = Array::pinned(1, 0);
+/// Benchmark sender: frames sent so far, per CPU (the flow counter).
+#[map]
+static XNLB_BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Benchmark sender, run by `BPF_PROG_TEST_RUN` in live-frames mode on a
+/// 60-byte IPv4 UDP frame from 198.18.64.0: gives each frame the next of
+/// 16384 flows (source 198.18.64.0/18, source port spread the same way as the
+/// AF_PACKET sender's), fixes the IPv4 header checksum, zeroes the UDP one,
+/// and redirects it out of the interface in `XNLB_BENCH_TX`, so the peer's
+/// native XDP program sees an `xdp_frame` before any skb exists. With no
+/// interface set it passes everything: attached to a receiving veth it is
+/// the trivial program that lets the veth accept redirected frames. Never
+/// attached by the agent.
+#[xdp]
+pub fn xnlb_bench_sender(ctx: XdpContext) -> u32 {
+    let ifindex = match XNLB_BENCH_TX.get(0) {
+        Some(&i) if i != 0 => i,
+        _ => return XDP_PASS,
+    };
+    let f = packet::Frame::new(&ctx);
+    let (Some(ip), Some(udp)) = (f.get::<20>(14), f.get::<8>(34)) else {
+        return XDP_DROP;
+    };
+    let Some(seq) = XNLB_BENCH_SEQ.get_ptr_mut(0) else {
+        return XDP_DROP;
+    };
+    // SAFETY: a valid per-CPU map value; only this CPU's program touches it.
+    let n = unsafe {
+        let n = *seq;
+        *seq = n.wrapping_add(1);
+        n
+    };
+    let i = n & 0x3fff;
+    let sport = 1024 + (i.wrapping_mul(7919) % 60_000) as u16;
+    // Low half of the source address: 64.0 + i (big-endian halfword).
+    ip.write::<2>(14, &((0x4000 | i) as u16).to_be_bytes());
+    udp.write::<2>(0, &sport.to_be_bytes());
+    udp.write::<2>(6, &[0, 0]);
+    ip.write::<2>(10, &[0, 0]);
+    let mut sum = 0u32;
+    let mut k = 0;
+    while k < 20 {
+        sum += ip.raw16(k) as u32;
+        k += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    ip.write::<2>(10, &(!(sum as u16)).to_ne_bytes());
+    // SAFETY: a helper call with plain integer arguments.
+    unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) as u32 }
+}

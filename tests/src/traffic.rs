@@ -21,14 +21,21 @@ pub fn spawn_in<R: Send + 'static, F: FnOnce() -> R + Send + 'static>(
     ns: &str,
     f: F,
 ) -> JoinHandle<R> {
-    let path = format!("/run/netns/{ns}");
+    let ns = ns.to_string();
     std::thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        // SAFETY: a valid namespace fd; affects only this thread.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        enter_netns(&ns);
         f()
     })
+}
+
+/// Moves the calling thread into network namespace `ns` (a name under
+/// /run/netns), for good: run it on a thread of its own.
+pub fn enter_netns(ns: &str) {
+    let path = format!("/run/netns/{ns}");
+    let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    // SAFETY: a valid namespace fd; affects only this thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
 }
 
 /// One UDP probe and what became of it.

@@ -11,9 +11,19 @@
 //!
 //! Every configuration sees the same traffic: 16384 UDP flows (distinct
 //! source addresses in 198.18.64.0/18, spread source ports) to the VIP's
-//! cluster MAC, sent as fast as one CPU can through an AF_PACKET socket
-//! (sendmmsg, qdisc bypass) in a sender namespace, into a veth whose peer is
-//! the receiver. Each measurement uses fresh namespaces, so no conntrack
+//! cluster MAC, sent as fast as one CPU can from a sender namespace into a
+//! veth whose peer is the receiver. By default the sender is an XDP program
+//! (`xnlb_bench_sender`) run with `BPF_PROG_TEST_RUN` in live-frames mode:
+//! it gives each frame the next flow and redirects it out of the sender's
+//! veth, so the frame crosses the pair as an `xdp_frame` (`ndo_xdp_xmit`)
+//! and the receiver's native XDP program sees it before any skb exists. That
+//! is how a NIC driver hands frames to XDP; the stack-based peers get an skb
+//! built from the same frame (the receiving veth runs a bare `XDP_PASS`
+//! program for them, which a veth needs to accept redirected frames), so
+//! every configuration pays the same sender cost. `--af-packet` sends
+//! through an AF_PACKET socket instead (sendmmsg, qdisc bypass): every frame
+//! then reaches the receiver as an skb already, and xnlb runs in generic
+//! mode or in native mode after veth copies the skb into a page. Each measurement uses fresh namespaces, so no conntrack
 //! table or netfilter hook of one configuration survives into the next. The
 //! owned fraction is 0%, 25% or 50% of the buckets (xnlb) or of the hash
 //! values (peers). Runs are interleaved (drift on a shared machine hits every
@@ -22,7 +32,8 @@
 //! counters).
 //!
 //! By default the sender and the receive path share one CPU: a veth hands
-//! each frame to the receive path synchronously, so the rate is one CPU's
+//! each frame (batch) to the receive path on the sending CPU, so the rate is
+//! one CPU's
 //! send + receive pipeline, and the receive cost per packet is derived by
 //! subtracting the sender's own cost, measured in the same run with the
 //! receiving veth down ("sender only"). `--rps` instead steers receive
@@ -32,23 +43,27 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aya::programs::XdpMode;
-use xnlb_common::{counter, slot_state, PROG_FILTER};
+use aya::maps::{Array, Map, MapData};
+use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, XdpMode};
+use xnlb_common::{
+    counter, slot_state, MAP_BENCH_TX, PROG_BENCH_BASELINE, PROG_BENCH_SENDER, PROG_FILTER,
+};
 use xnlb_tests::fixture::Fixture;
 use xnlb_tests::frames::{frame, IpOpts, L4};
 use xnlb_tests::netns::{veth, Netns};
 use xnlb_tests::tables::{table, BUCKETS, VIP4};
-use xnlb_tests::traffic::{median, spawn_in};
+use xnlb_tests::traffic::{enter_netns, median};
 
 /// Distinct flows in the traffic (one source address each, 198.18.64.0/18).
 const FLOWS: u32 = 16384;
 /// UDP destination port (a `multiple` rule, affinity none, in the test table).
 const DPORT: u16 = 5353;
-/// Frames per sendmmsg call.
+/// Frames per sendmmsg call (AF_PACKET) or per live-frames batch (XDP).
 const BATCH: usize = 64;
+/// Frames per `BPF_PROG_TEST_RUN` call of the XDP sender (a few ms each).
+const LIVE_REPEAT: u32 = 1 << 15;
 /// Runs per configuration (the median is reported); `--runs N` overrides.
 const RUNS: usize = 5;
 /// Traffic before counting (conntrack and caches warm up).
@@ -58,12 +73,31 @@ const WINDOW: Duration = Duration::from_millis(1500);
 /// Owned fractions, in quarters of the hash space.
 const OWNED: [u32; 3] = [0, 1, 2];
 const RX_ADDR: &str = "198.18.6.2";
+/// A veth of the sender namespace that only holds the XDP sender program
+/// attached (see [`live_loop`]); it carries no traffic.
+const HOLD_DEV: &str = "hold0";
 const TX_ADDR: &str = "198.18.6.1";
+
+/// How the sender puts frames on its veth.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Sender {
+    /// `xnlb_bench_sender` in `BPF_PROG_TEST_RUN` live-frames mode,
+    /// redirecting `xdp_frame`s across the veth pair.
+    Live,
+    /// An AF_PACKET socket: the receiver gets skbs.
+    AfPacket,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Filter {
-    /// The receiving veth is down: the sender's own cost per frame.
+    /// The receiving veth is down: the sender's own cost per frame
+    /// (AF_PACKET sender).
     SenderOnly,
+    /// The receiving veth runs a bare `XDP_DROP` program natively: the XDP
+    /// sender's cost plus the least a receiver can do (with the receiving
+    /// veth down, a failing `ndo_xdp_xmit` costs the sender more than a
+    /// delivery does, so that is no baseline for the XDP sender).
+    BareDrop,
     /// No filter: everything goes up the stack (reference only).
     None,
     Xnlb,
@@ -79,6 +113,7 @@ impl Filter {
     fn name(self) -> &'static str {
         match self {
             Filter::SenderOnly => "sender only (rx veth down)",
+            Filter::BareDrop => "sender + bare XDP_DROP rx",
             Filter::None => "no filter (stack only)",
             Filter::Xnlb => "xnlb XDP (generic/skb)",
             Filter::XnlbNative => "xnlb XDP (native veth)",
@@ -158,76 +193,115 @@ fn frames() -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Floods `frames` out of `eth0` of namespace `ns` from CPU `cpu` until
-/// `stop`, adding every frame it offered to the kernel to `offered`.
-fn sender(
-    ns: &str,
-    frames: Arc<Vec<Vec<u8>>>,
-    cpu: usize,
-    stop: Arc<AtomicBool>,
-    offered: Arc<AtomicU64>,
-) -> std::thread::JoinHandle<()> {
-    spawn_in(ns, move || {
-        // SAFETY: plain syscalls on a socket this thread owns; the message
-        // arrays point into `frames`, `iov` and `addr`, which outlive every
-        // call.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(
-                fd >= 0,
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            );
-            let one: libc::c_int = 1;
-            libc::setsockopt(
-                fd,
-                libc::SOL_PACKET,
-                libc::PACKET_QDISC_BYPASS,
-                &one as *const _ as *const libc::c_void,
-                4,
-            );
-            let ifindex = libc::if_nametoindex(c"eth0".as_ptr());
-            assert!(ifindex > 0, "eth0 in the sender namespace");
-            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
-            addr.sll_ifindex = ifindex as i32;
-            addr.sll_halen = 6;
-            addr.sll_addr[..6].copy_from_slice(&cluster_mac());
-            let mut iov: Vec<libc::iovec> = frames
-                .iter()
-                .map(|f| libc::iovec {
-                    iov_base: f.as_ptr() as *mut libc::c_void,
-                    iov_len: f.len(),
-                })
-                .collect();
-            let mut msgs: Vec<libc::mmsghdr> = iov
-                .iter_mut()
-                .map(|v| {
-                    let mut m: libc::mmsghdr = std::mem::zeroed();
-                    m.msg_hdr.msg_name = &mut addr as *mut _ as *mut libc::c_void;
-                    m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-                    m.msg_hdr.msg_iov = v as *mut libc::iovec;
-                    m.msg_hdr.msg_iovlen = 1;
-                    m
-                })
-                .collect();
-            let mut at = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let n = libc::sendmmsg(fd, msgs.as_mut_ptr().add(at), BATCH as u32, 0);
-                // A refused frame (full backlog, or no carrier in the
-                // sender-only baseline) still cost the sender its work:
-                // count it as offered, skip it and go on.
-                let took = if n > 0 { n as usize } else { 1 };
-                offered.fetch_add(took as u64, Ordering::Relaxed);
-                at = (at + took) % (msgs.len() - BATCH);
-            }
-            libc::close(fd);
+/// Pins the calling thread to CPU `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; affects only this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Floods `frames` out of `eth0` through an AF_PACKET socket until `stop`,
+/// adding every frame it offered to the kernel to `offered`. Runs on the
+/// calling thread, which must be in the sender's namespace.
+fn af_packet_loop(frames: &[Vec<u8>], stop: &AtomicBool, offered: &AtomicU64) {
+    // SAFETY: plain syscalls on a socket this thread owns; the message
+    // arrays point into `frames`, `iov` and `addr`, which outlive every
+    // call.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            &one as *const _ as *const libc::c_void,
+            4,
+        );
+        let ifindex = libc::if_nametoindex(c"eth0".as_ptr());
+        assert!(ifindex > 0, "eth0 in the sender namespace");
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+        addr.sll_ifindex = ifindex as i32;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&cluster_mac());
+        let mut iov: Vec<libc::iovec> = frames
+            .iter()
+            .map(|f| libc::iovec {
+                iov_base: f.as_ptr() as *mut libc::c_void,
+                iov_len: f.len(),
+            })
+            .collect();
+        let mut msgs: Vec<libc::mmsghdr> = iov
+            .iter_mut()
+            .map(|v| {
+                let mut m: libc::mmsghdr = std::mem::zeroed();
+                m.msg_hdr.msg_name = &mut addr as *mut _ as *mut libc::c_void;
+                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                m.msg_hdr.msg_iov = v as *mut libc::iovec;
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        let mut at = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            let n = libc::sendmmsg(fd, msgs.as_mut_ptr().add(at), BATCH as u32, 0);
+            // A refused frame (full backlog, or no carrier in the
+            // sender-only baseline) still cost the sender its work:
+            // count it as offered, skip it and go on.
+            let took = if n > 0 { n as usize } else { 1 };
+            offered.fetch_add(took as u64, Ordering::Relaxed);
+            at = (at + took) % (msgs.len() - BATCH);
         }
-    })
+        libc::close(fd);
+    }
+}
+
+/// Runs `xnlb_bench_sender` of `sfx` in live-frames mode on `template`
+/// (redirecting out of `eth0`) until `stop`, adding the frames it generated
+/// to `offered`. Runs on the calling thread, which must be in the sender's
+/// namespace: the redirect's ifindex is looked up there.
+fn live_loop(sfx: &mut Fixture, template: &[u8], stop: &AtomicBool, offered: &AtomicU64) {
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+    assert!(ifindex > 0, "eth0 in the sender namespace");
+    let pin = sfx.dp.pin_dir().join(MAP_BENCH_TX);
+    let data = MapData::from_pin(&pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display()));
+    let mut tx: Array<MapData, u32> = Array::try_from(Map::Array(data)).expect("sender map");
+    tx.set(0, ifindex, 0).expect("sender ifindex");
+    let prog = sfx.dp.program(PROG_BENCH_SENDER).expect("sender program");
+    // Every BPF_PROG_TEST_RUN of an XDP program adds it to the kernel's XDP
+    // dispatcher and removes it after, each with a synchronize_rcu() (~8 ms
+    // here: the sender would idle most of the time). A program the
+    // dispatcher already holds skips both, so keep this one attached
+    // (natively, to an otherwise unused veth of the sender namespace) while
+    // sending.
+    let hold = prog
+        .attach(HOLD_DEV, XdpMode::Driver)
+        .expect("attach the sender program to the holding veth");
+    while !stop.load(Ordering::Relaxed) {
+        let opts = TestRunOptions {
+            data_in: Some(template),
+            repeat: LIVE_REPEAT,
+            attrs: TestRunAttrs::new().xdp_live_frames(BATCH as u32),
+            ..Default::default()
+        };
+        prog.test_run(opts)
+            .expect("BPF_PROG_TEST_RUN, live frames (needs Linux >= 5.18)");
+        offered.fetch_add(LIVE_REPEAT as u64, Ordering::Relaxed);
+    }
+    let _ = prog.detach(hold);
+    // A stale ifindex must not outlive the namespace (the map is per fixture,
+    // but be tidy).
+    let _ = tx.set(0, 0, 0);
 }
 
 /// Softirq ticks of CPU `cpu` from /proc/stat.
@@ -244,14 +318,17 @@ fn softirq_ticks(cpu: usize) -> u64 {
 struct Topo {
     tx: Netns,
     rx: Netns,
-    xdp: Option<aya::programs::xdp::XdpLinkId>,
+    /// The receiver's XDP program (name) and its link, detached after.
+    xdp: Option<(&'static str, aya::programs::xdp::XdpLinkId)>,
 }
 
 fn build(rx_cpu: Option<usize>) -> Topo {
     let tx = Netns::new("pt");
     let rx = Netns::new("pr");
     veth(&tx, "eth0", &rx, "eth0");
-    tx.sh(&format!("ip addr add {TX_ADDR}/24 dev eth0"));
+    tx.sh(&format!(
+        "ip addr add {TX_ADDR}/24 dev eth0 && ip link add {HOLD_DEV} type veth peer name hold1"
+    ));
     rx.sh(&format!(
         "ip addr add {RX_ADDR}/24 dev eth0 && ip addr add {VIP4}/32 dev lo"
     ));
@@ -264,12 +341,36 @@ fn build(rx_cpu: Option<usize>) -> Topo {
     Topo { tx, rx, xdp: None }
 }
 
-fn install(t: &mut Topo, f: Filter, quarters: u32, fx: &mut Fixture) {
+/// Attaches `prog` of `fx` to the receiver's eth0 in `mode`.
+fn attach(t: &mut Topo, fx: &mut Fixture, prog: &'static str, mode: XdpMode) {
+    let id = t.rx.enter(|| {
+        fx.dp
+            .program(prog)
+            .expect("program")
+            .attach("eth0", mode)
+            .expect("attach XDP")
+    });
+    t.xdp = Some((prog, id));
+}
+
+fn install(t: &mut Topo, f: Filter, quarters: u32, fx: &mut Fixture, sender: Sender) {
+    // With the XDP sender, a receiving veth only accepts redirected frames
+    // while it runs a native XDP program: the stack-based filters get the
+    // bare pass program (skbs are then built from the frames).
+    if sender == Sender::Live
+        && matches!(
+            f,
+            Filter::None | Filter::Nft | Filter::XtClusterNft | Filter::XtClusterLegacy
+        )
+    {
+        attach(t, fx, PROG_BENCH_SENDER, XdpMode::Driver);
+    }
     match f {
         Filter::None => {}
         Filter::SenderOnly => {
             t.rx.sh("ip link set eth0 down");
         }
+        Filter::BareDrop => attach(t, fx, PROG_BENCH_BASELINE, XdpMode::Driver),
         Filter::Xnlb | Filter::XnlbNative => {
             let mut tab = table(slot_state::NOT_OWNED);
             for b in 0..BUCKETS as usize {
@@ -279,21 +380,12 @@ fn install(t: &mut Topo, f: Filter, quarters: u32, fx: &mut Fixture) {
             }
             fx.serve(&tab);
             fx.dp.set_if_mac(mac_of(&t.rx, "eth0")).expect("if mac");
-            let id = t.rx.enter(|| {
-                fx.dp
-                    .program(PROG_FILTER)
-                    .expect("program")
-                    .attach(
-                        "eth0",
-                        if f == Filter::Xnlb {
-                            XdpMode::Skb
-                        } else {
-                            XdpMode::Driver
-                        },
-                    )
-                    .expect("attach XDP")
-            });
-            t.xdp = Some(id);
+            let mode = if f == Filter::Xnlb {
+                XdpMode::Skb
+            } else {
+                XdpMode::Driver
+            };
+            attach(t, fx, PROG_FILTER, mode);
         }
         Filter::Nft => {
             t.rx.sh(&format!(
@@ -328,7 +420,7 @@ fn install(t: &mut Topo, f: Filter, quarters: u32, fx: &mut Fixture) {
 /// `(dropped, passed)` so far, from the filter's own counters.
 fn counts(t: &Topo, f: Filter, fx: &Fixture) -> (u64, u64) {
     match f {
-        Filter::SenderOnly => (0, 0),
+        Filter::SenderOnly | Filter::BareDrop => (0, 0),
         Filter::None => (
             0,
             t.rx.sh("cat /sys/class/net/eth0/statistics/rx_packets")
@@ -374,41 +466,72 @@ fn counts(t: &Topo, f: Filter, fx: &Fixture) -> (u64, u64) {
     }
 }
 
+/// What a sender sends: the AF_PACKET frames, or the XDP sender's fixture
+/// and template frame.
+enum Source<'a> {
+    AfPacket(&'a [Vec<u8>]),
+    Live(&'a mut Fixture, &'a [u8]),
+}
+
+impl Source<'_> {
+    fn kind(&self) -> Sender {
+        match self {
+            Source::AfPacket(_) => Sender::AfPacket,
+            Source::Live(..) => Sender::Live,
+        }
+    }
+}
+
 fn measure(
     f: Filter,
     quarters: u32,
     fx: &mut Fixture,
-    traffic: &Arc<Vec<Vec<u8>>>,
+    src: &mut Source,
     tx_cpu: usize,
     rx_cpu: Option<usize>,
 ) -> Rate {
     let mut t = build(rx_cpu);
-    install(&mut t, f, quarters, fx);
-    let stop = Arc::new(AtomicBool::new(false));
-    let offered = Arc::new(AtomicU64::new(0));
-    let s = sender(
-        &t.tx.name,
-        traffic.clone(),
-        tx_cpu,
-        stop.clone(),
-        offered.clone(),
-    );
-    std::thread::sleep(WARMUP);
+    install(&mut t, f, quarters, fx, src.kind());
+    let stop = AtomicBool::new(false);
+    let offered = AtomicU64::new(0);
     let cpu = rx_cpu.unwrap_or(tx_cpu);
-    let (d0, p0) = counts(&t, f, fx);
-    let o0 = offered.load(Ordering::Relaxed);
-    let si0 = softirq_ticks(cpu);
-    let t0 = Instant::now();
-    std::thread::sleep(WINDOW);
-    let o1 = offered.load(Ordering::Relaxed);
-    let (d1, p1) = counts(&t, f, fx);
-    let secs = t0.elapsed().as_secs_f64();
-    let si1 = softirq_ticks(cpu);
-    stop.store(true, Ordering::SeqCst);
-    let _ = s.join();
-    if let Some(id) = t.xdp.take() {
+    let ((d0, p0, o0, si0), (d1, p1, o1, si1), secs) = std::thread::scope(|s| {
+        let (stop, offered, ns) = (&stop, &offered, t.tx.name.clone());
+        let sender = s.spawn(move || {
+            enter_netns(&ns);
+            pin_to(tx_cpu);
+            match src {
+                Source::AfPacket(frames) => af_packet_loop(frames, stop, offered),
+                Source::Live(sfx, template) => live_loop(sfx, template, stop, offered),
+            }
+        });
+        // Stop the sender even if counting panics.
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let _guard = StopOnDrop(stop);
+        std::thread::sleep(WARMUP);
+        let sample = || {
+            let (d, p) = counts(&t, f, fx);
+            (d, p, offered.load(Ordering::Relaxed), softirq_ticks(cpu))
+        };
+        let a = sample();
+        let t0 = Instant::now();
+        std::thread::sleep(WINDOW);
+        let b = sample();
+        let secs = t0.elapsed().as_secs_f64();
+        stop.store(true, Ordering::SeqCst);
+        if let Err(e) = sender.join() {
+            std::panic::resume_unwind(e);
+        }
+        (a, b, secs)
+    });
+    if let Some((prog, id)) = t.xdp.take() {
         t.rx.enter(|| {
-            let _ = fx.dp.program(PROG_FILTER).map(|p| p.detach(id));
+            let _ = fx.dp.program(prog).map(|p| p.detach(id));
         });
     }
     let (d, p) = (d1.saturating_sub(d0), p1.saturating_sub(p0));
@@ -451,10 +574,12 @@ fn main() {
     xnlb_tests::require_root();
     let mut runs = RUNS;
     let mut rps = false;
+    let mut sender = Sender::Live;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--rps" => rps = true,
+            "--af-packet" => sender = Sender::AfPacket,
             "--runs" => {
                 runs = args
                     .next()
@@ -462,14 +587,20 @@ fn main() {
                     .filter(|&n| n > 0)
                     .expect("--runs N")
             }
-            other => panic!("unknown argument {other:?}: expected --runs N, --rps"),
+            other => panic!("unknown argument {other:?}: expected --runs N, --rps, --af-packet"),
         }
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let tx_cpu = 0;
     let rx_cpu = (rps && cpus > 1).then_some(cpus - 1);
 
-    let mut filters = vec![Filter::Xnlb, Filter::XnlbNative, Filter::Nft];
+    // With the XDP sender only native mode sees frames before an skb
+    // exists (and a veth accepts redirected frames only with a native
+    // program attached), so generic mode is measured with AF_PACKET only.
+    let mut filters = match sender {
+        Sender::Live => vec![Filter::XnlbNative, Filter::Nft],
+        Sender::AfPacket => vec![Filter::Xnlb, Filter::XnlbNative, Filter::Nft],
+    };
     let mut unavailable = Vec::new();
     for f in [Filter::XtClusterNft, Filter::XtClusterLegacy] {
         match xt_cluster_available(f.iptables()) {
@@ -484,10 +615,35 @@ fn main() {
         eprintln!("{u}");
     }
     let mut fx = Fixture::new();
-    let traffic = Arc::new(frames());
+    // The receiver's copy of the sender program is the bare pass program
+    // (its sender map stays empty).
+    fx.dp
+        .program(PROG_BENCH_SENDER)
+        .expect("sender program")
+        .load()
+        .expect("load the sender program");
+    fx.dp
+        .program(PROG_BENCH_BASELINE)
+        .expect("baseline program")
+        .load()
+        .expect("load the baseline program");
+    let traffic = frames();
+    let template = traffic[0].clone();
+    // The sender's own copy of the object (its own maps and pin directory).
+    let mut sfx = Fixture::new();
+    sfx.dp
+        .program(PROG_BENCH_SENDER)
+        .expect("sender program")
+        .load()
+        .expect("load the sender program");
     let mut configs: Vec<(Filter, u32)> = vec![(Filter::None, 0)];
+    // The reference the receive cost is measured over (same-CPU mode).
+    let baseline = match sender {
+        Sender::Live => Filter::BareDrop,
+        Sender::AfPacket => Filter::SenderOnly,
+    };
     if rx_cpu.is_none() {
-        configs.insert(0, (Filter::SenderOnly, 0));
+        configs.insert(0, (baseline, 0));
     }
     for &q in &OWNED {
         for &f in &filters {
@@ -495,17 +651,25 @@ fn main() {
         }
     }
     eprintln!(
-        "peers: {} configurations x {runs} runs, {} ms each; sender on CPU {tx_cpu}, receive \
+        "peers: {} configurations x {runs} runs, {} ms each; {} sender on CPU {tx_cpu}, receive \
          path on CPU {}",
         configs.len(),
         (WARMUP + WINDOW).as_millis(),
+        match sender {
+            Sender::Live => "XDP live-frames",
+            Sender::AfPacket => "AF_PACKET",
+        },
         rx_cpu.unwrap_or(tx_cpu)
     );
     let started = Instant::now();
     let mut samples: Vec<Vec<Rate>> = vec![Vec::new(); configs.len()];
     for run in 0..runs {
         for (i, &(f, q)) in configs.iter().enumerate() {
-            let r = measure(f, q, &mut fx, &traffic, tx_cpu, rx_cpu);
+            let mut src = match sender {
+                Sender::Live => Source::Live(&mut sfx, &template),
+                Sender::AfPacket => Source::AfPacket(&traffic),
+            };
+            let r = measure(f, q, &mut fx, &mut src, tx_cpu, rx_cpu);
             eprintln!(
                 "  run {} {:<28} owned {:>2}%: dropped {}/s passed {}/s offered {}/s",
                 run + 1,
@@ -530,11 +694,12 @@ fn main() {
             }
         })
         .collect();
-    // The sender's own ns per frame (same-CPU mode): what a receive path's
-    // cost is measured on top of.
+    // The baseline's ns per frame (same-CPU mode: the sender alone, or the
+    // XDP sender with a bare XDP_DROP receiver): what a receive path's cost
+    // is measured on top of.
     let sender_ns = configs
         .iter()
-        .position(|&(f, _)| f == Filter::SenderOnly)
+        .position(|&(f, _)| f == baseline)
         .map(|i| 1e9 / med[i].offered.max(1.0));
     // Receive ns per packet: per-run (1/total - sender), then the median.
     let rx_ns: Vec<f64> = (0..configs.len())
@@ -557,7 +722,9 @@ fn main() {
         started.elapsed().as_secs_f64(),
         match sender_ns {
             Some(s) => format!(
-                "sender and receive path on one CPU; sender alone: {} frames/s = {s:.0} ns/frame",
+                "sender and receive path on one CPU; {}: {} frames/s = {s:.0} ns/frame (rx \
+                 ns/pkt is the cost over that)",
+                baseline.name(),
                 mpps(1e9 / s)
             ),
             None => "receive path on its own CPU (RPS)".to_string(),
@@ -577,7 +744,7 @@ fn main() {
         }
     );
     for (i, &(f, q)) in configs.iter().enumerate() {
-        if f == Filter::SenderOnly {
+        if f == baseline {
             continue;
         }
         let r = med[i];
