@@ -439,8 +439,14 @@ impl Cluster {
     /// SIGTERM node `id`'s agent and wait for it to leave (at most 10 s).
     pub fn terminate(&mut self, id: u8) -> Option<std::process::ExitStatus> {
         self.signal(id, libc::SIGTERM);
+        self.wait_exit(id, Duration::from_secs(10))
+    }
+
+    /// Waits up to `timeout` for node `id`'s agent to exit on its own (then
+    /// kills it) and returns its exit status.
+    pub fn wait_exit(&mut self, id: u8, timeout: Duration) -> Option<std::process::ExitStatus> {
         let mut child = self.node_mut(id).agent.take()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(st)) = child.try_wait() {
                 return Some(st);

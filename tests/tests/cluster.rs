@@ -309,3 +309,77 @@ fn a_failing_health_check_drains_the_node_until_it_passes() {
         c.overlaps()
     );
 }
+
+/// `failback = "manual"`: a member returning after a failure stays drained
+/// (owns nothing) until an operator resumes it.
+#[test]
+fn manual_failback_keeps_a_returning_member_drained_until_resume() {
+    let spec = ClusterSpec {
+        failback: "manual",
+        ..ClusterSpec::actives(3)
+    };
+    let mut c = Cluster::start(&spec);
+    c.wait_converged(&[1, 2, 3], CONVERGE);
+    c.kill(3);
+    c.wait_converged(&[1, 2], CONVERGE);
+    c.start_agent(3);
+    c.wait_converged(&[1, 2, 3], CONVERGE);
+    std::thread::sleep(Duration::from_millis(500));
+    let s3 = c.status(3).expect("status");
+    assert_eq!(
+        (s3.state.as_str(), s3.buckets.owned),
+        ("drained", 0),
+        "returned member must wait for resume: {s3:?}"
+    );
+    let split = all_answered_by_owner(&c, 1, 100, 7);
+    assert!(
+        !split.contains_key(&3),
+        "a held-back member answered: {split:?}"
+    );
+    let r = c.control(3, xnlb::control::Request::Resume);
+    assert!(r.ok, "resume: {r:?}");
+    let deadline = Instant::now() + CONVERGE;
+    while c.status(3).is_none_or(|s| s.buckets.owned < 1365) {
+        assert!(
+            Instant::now() < deadline,
+            "node 3 not back after resume: {:?}",
+            c.status(3)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.wait_converged(&[1, 2, 3], CONVERGE);
+    assert!(
+        c.overlaps().is_empty(),
+        "datagrams accepted twice: {:?}",
+        c.overlaps()
+    );
+}
+
+/// `xnlb stop` over the control socket: the agent leaves gracefully and
+/// exits 0, the others serve every bucket, nothing is accepted twice.
+#[test]
+fn stop_over_the_control_socket_leaves_gracefully() {
+    let mut c = Cluster::start(&ClusterSpec::actives(3));
+    c.wait_converged(&[1, 2, 3], CONVERGE);
+    let r = c.control(2, xnlb::control::Request::Stop);
+    assert!(r.ok, "stop: {r:?}");
+    let status = c
+        .wait_exit(2, Duration::from_secs(10))
+        .expect("agent 2 exits after stop");
+    assert!(status.success(), "agent 2 exit status {status:?}");
+    c.wait_converged(&[1, 3], CONVERGE);
+    let split = all_answered_by_owner(&c, 1, 150, 8);
+    assert!(
+        !split.contains_key(&2),
+        "a stopped node answered: {split:?}"
+    );
+    assert_eq!(
+        c.status(1).expect("status").buckets.owned + c.status(3).expect("status").buckets.owned,
+        4096
+    );
+    assert!(
+        c.overlaps().is_empty(),
+        "datagrams accepted twice: {:?}",
+        c.overlaps()
+    );
+}
