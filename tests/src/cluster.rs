@@ -654,6 +654,12 @@ impl Cluster {
         Prober::start(&self.client, first_id)
     }
 
+    /// Panics, naming `when`, if any UDP probe was accepted by two nodes.
+    pub fn assert_no_overlap(&self, when: &str) {
+        let o = self.overlaps();
+        assert!(o.is_empty(), "{when}: datagrams accepted twice: {o:?}");
+    }
+
     /// UDP ids accepted by more than one node (an overlap: must be empty).
     pub fn overlaps(&self) -> Vec<(u64, Vec<u8>)> {
         let udp = self.recorder.udp.lock().expect("recorder");
@@ -883,6 +889,20 @@ fn raw_sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, u32) {
         }
     };
     (ss, len as u32)
+}
+
+/// Polls `f` every 50 ms until it holds; false after `timeout`.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Connects from a fixed local address to `remote` (std cannot bind

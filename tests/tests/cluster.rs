@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use xnlb_tests::cluster::{Cluster, ClusterSpec, NodeSpec};
+use xnlb_tests::cluster::{wait_until, Cluster, ClusterSpec, NodeSpec};
 
 const CONVERGE: Duration = Duration::from_secs(15);
 const PROBE: Duration = Duration::from_millis(300);
@@ -82,11 +82,7 @@ fn three_nodes_answer_each_connection_once_by_the_owner_and_follow_the_weights()
             "datagram {i} unanswered"
         );
     }
-    assert!(
-        c.overlaps().is_empty(),
-        "datagrams accepted twice: {:?}",
-        c.overlaps()
-    );
+    c.assert_no_overlap("weights");
 }
 
 /// Kills (SIGKILL) one agent: its data plane fences itself when the lease
@@ -119,11 +115,7 @@ fn a_crashed_agent_is_replaced_without_overlap() {
         outage < Duration::from_millis(600),
         "outage {outage:?} past the failover bound"
     );
-    assert!(
-        c.overlaps().is_empty(),
-        "datagrams accepted twice: {:?}",
-        c.overlaps()
-    );
+    c.assert_no_overlap("crash");
     c.wait_converged(&[1, 2], CONVERGE);
     let split = all_answered_by_owner(&c, 1, 200, 2);
     assert!(
@@ -157,11 +149,7 @@ fn a_frozen_agent_fences_itself_and_rejoins_after_sigcont() {
     );
     c.thaw(2);
     c.wait_converged(&[1, 2, 3], CONVERGE);
-    assert!(
-        c.overlaps().is_empty(),
-        "datagrams accepted twice: {:?}",
-        c.overlaps()
-    );
+    c.assert_no_overlap("freeze");
     let s = c.status(2).expect("status");
     assert!(
         s.buckets.owned >= 1365,
@@ -190,11 +178,7 @@ fn a_minority_partition_serves_nothing_and_heals() {
             "datagram {id} answered by {got:?}"
         );
     }
-    assert!(
-        c.overlaps().is_empty(),
-        "datagrams accepted twice: {:?}",
-        c.overlaps()
-    );
+    c.assert_no_overlap("minority partition");
     c.heal_heartbeats(1);
     c.wait_converged(&[1, 2, 3], CONVERGE);
     let split = all_answered_by_owner(&c, 2, 150, 4);
@@ -218,19 +202,11 @@ fn an_asymmetric_partition_never_overlaps() {
             Duration::from_millis(100),
         );
     }
-    assert!(
-        c.overlaps().is_empty(),
-        "datagrams accepted twice: {:?}",
-        c.overlaps()
-    );
+    c.assert_no_overlap("asymmetric partition");
     c.wait_converged(&[1, 2], CONVERGE);
     c.allow_outgoing_heartbeats(3);
     c.wait_converged(&[1, 2, 3], CONVERGE);
-    assert!(
-        c.overlaps().is_empty(),
-        "datagrams accepted twice: {:?}",
-        c.overlaps()
-    );
+    c.assert_no_overlap("after healing");
 }
 
 /// A VIP health check drains a node whose service is down (the others take
@@ -253,25 +229,15 @@ fn a_failing_health_check_drains_the_node_until_it_passes() {
         .ns(3)
         .enter(|| std::net::TcpListener::bind(("127.0.0.1", PORT)))
         .expect("listen");
-    let deadline = Instant::now() + CONVERGE;
-    let drained = loop {
-        let s1 = c.status(1);
-        if s1
-            .as_ref()
+    let drained = wait_until(CONVERGE, || {
+        c.status(1)
             .is_some_and(|s| s.state == "drained" && s.buckets.owned == 0)
-        {
-            break s1;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 1 never drained: {s1:?}\n{}",
-            c.log_tail(1, 10)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    println!(
-        "node 1 drained by its health check: {:?}",
-        drained.map(|s| s.state)
+    });
+    assert!(
+        drained,
+        "node 1 never drained: {:?}\n{}",
+        c.status(1),
+        c.log_tail(1, 10)
     );
     c.wait_converged(&[1, 2, 3], CONVERGE);
     let split = all_answered_by_owner(&c, 2, 150, 5);
@@ -284,30 +250,20 @@ fn a_failing_health_check_drains_the_node_until_it_passes() {
         .ns(1)
         .enter(|| std::net::TcpListener::bind(("127.0.0.1", PORT)))
         .expect("listen");
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        let s1 = c.status(1);
-        if s1
-            .as_ref()
+    let resumed = wait_until(CONVERGE, || {
+        c.status(1)
             .is_some_and(|s| s.state == "active" && s.buckets.owned >= 1365)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 1 never resumed: {s1:?}\n{}",
-            c.log_tail(1, 10)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
+    assert!(
+        resumed,
+        "node 1 never resumed: {:?}\n{}",
+        c.status(1),
+        c.log_tail(1, 10)
+    );
     c.wait_converged(&[1, 2, 3], CONVERGE);
     let split = all_answered_by_owner(&c, 3, 150, 6);
     assert_eq!(split.len(), 3, "all three serve again: {split:?}");
-    assert!(
-        c.overlaps().is_empty(),
-        "datagrams accepted twice: {:?}",
-        c.overlaps()
-    );
+    c.assert_no_overlap("health check");
 }
 
 /// `failback = "manual"`: a member returning after a failure stays drained
@@ -338,21 +294,12 @@ fn manual_failback_keeps_a_returning_member_drained_until_resume() {
     );
     let r = c.control(3, xnlb::control::Request::Resume);
     assert!(r.ok, "resume: {r:?}");
-    let deadline = Instant::now() + CONVERGE;
-    while c.status(3).is_none_or(|s| s.buckets.owned < 1365) {
-        assert!(
-            Instant::now() < deadline,
-            "node 3 not back after resume: {:?}",
-            c.status(3)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let back = wait_until(CONVERGE, || {
+        c.status(3).is_some_and(|s| s.buckets.owned >= 1365)
+    });
+    assert!(back, "node 3 not back after resume: {:?}", c.status(3));
     c.wait_converged(&[1, 2, 3], CONVERGE);
-    assert!(
-        c.overlaps().is_empty(),
-        "datagrams accepted twice: {:?}",
-        c.overlaps()
-    );
+    c.assert_no_overlap("manual failback");
 }
 
 /// `xnlb stop` over the control socket: the agent leaves gracefully and
@@ -377,9 +324,5 @@ fn stop_over_the_control_socket_leaves_gracefully() {
         c.status(1).expect("status").buckets.owned + c.status(3).expect("status").buckets.owned,
         4096
     );
-    assert!(
-        c.overlaps().is_empty(),
-        "datagrams accepted twice: {:?}",
-        c.overlaps()
-    );
+    c.assert_no_overlap("stop");
 }

@@ -12,8 +12,8 @@ use rand::{Rng, SeedableRng};
 use xnlb::control::Request;
 use xnlb::status::StatusView;
 use xnlb_tests::cluster::{
-    client_addr, echo_round, sniff_udp, Cluster, ClusterSpec, Conn, NodeSpec, Probe, CLIENT,
-    HB_PORT, TCP_PORT, UDP_PORT, VIP, VIP6,
+    client_addr, echo_round, sniff_udp, wait_until, Cluster, ClusterSpec, Conn, NodeSpec, Probe,
+    CLIENT, HB_PORT, TCP_PORT, UDP_PORT, VIP, VIP6,
 };
 use xnlb_tests::netns::Netns;
 
@@ -45,25 +45,6 @@ fn owned(c: &Cluster, id: u8) -> BTreeSet<usize> {
         .iter()
         .flat_map(|[a, b]| *a..=*b)
         .collect()
-}
-
-fn assert_no_overlap(c: &Cluster, when: &str) {
-    let o = c.overlaps();
-    assert!(o.is_empty(), "{when}: datagrams accepted twice: {o:?}");
-}
-
-/// Polls `f` every 50 ms until it holds; false after `timeout`.
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The last unanswered probe's send time (zero if none), and who answered
@@ -166,7 +147,7 @@ fn two_actives_and_a_witness_survive_either_loss() {
     );
     assert_eq!(owned(&c, 1), b1, "witness loss moved node 1's buckets");
     assert_eq!(owned(&c, 2), b2, "witness loss moved node 2's buckets");
-    assert_no_overlap(&c, "witness loss");
+    c.assert_no_overlap("witness loss");
 
     // Witness back, then an active lost: the other serves everything.
     c.start_agent(3);
@@ -192,7 +173,7 @@ fn two_actives_and_a_witness_survive_either_loss() {
     assert_eq!(status(&c, 1).buckets.owned, 4096, "node 1 owns everything");
     let split = tcp_all_by_owner(&c, 1, 41_000..41_100);
     assert_eq!(split.keys().copied().collect::<Vec<_>>(), vec![1]);
-    assert_no_overlap(&c, "active loss");
+    c.assert_no_overlap("active loss");
     println!("two_actives_and_a_witness: {:?}", t0.elapsed());
 }
 
@@ -233,7 +214,7 @@ fn a_standby_takes_exactly_the_failed_actives_buckets_and_gives_them_back() {
     assert_eq!(owned(&c, 3), b1, "standby took exactly node 1's buckets");
     assert_eq!(owned(&c, 2), b2, "node 2's buckets moved (S5)");
     assert_eq!(who.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
-    assert_no_overlap(&c, "active loss");
+    c.assert_no_overlap("active loss");
 
     let prober = c.prober(21_000_000);
     c.start_agent(1);
@@ -249,7 +230,7 @@ fn a_standby_takes_exactly_the_failed_actives_buckets_and_gives_them_back() {
     assert_eq!(owned(&c, 2), b2, "node 2's buckets moved on failback (S5)");
     let split = udp_all_by_owner(&c, 2, 42_000..42_100, 22_000_000);
     assert!(!split.contains_key(&3), "standby still answers: {split:?}");
-    assert_no_overlap(&c, "failback");
+    c.assert_no_overlap("failback");
     println!(
         "standby: {} probes during failback; total {:?}",
         probes.len(),
@@ -495,7 +476,7 @@ fn drain_resume_rebalance_and_weight_change_keep_established_connections() {
     let split = tcp_all_by_owner(&c, 1, 34_000..34_100);
     println!("after the weight change, 100 new connections: {split:?}");
     assert_unbroken(&mut conns, "end");
-    assert_no_overlap(&c, "graceful changes");
+    c.assert_no_overlap("graceful changes");
     println!("graceful changes: {:?}", t0.elapsed());
 }
 
@@ -545,7 +526,7 @@ fn a_graceful_join_keeps_established_connections() {
         split.contains_key(&3),
         "newcomer takes new flows: {split:?}"
     );
-    assert_no_overlap(&c, "join");
+    c.assert_no_overlap("join");
     println!("join: {:?}", t0.elapsed());
 }
 
@@ -580,7 +561,7 @@ fn an_ipv6_vip_is_served_once_by_the_owner() {
     // The IPv4 VIP keeps working next to it.
     let split4 = tcp_all_by_owner(&c, 2, 42_000..42_050);
     assert_eq!(split4.values().sum::<usize>(), 50);
-    assert_no_overlap(&c, "IPv6");
+    c.assert_no_overlap("IPv6");
     println!("IPv6: {:?}", t0.elapsed());
 }
 
@@ -626,7 +607,7 @@ fn fragmented_udp_datagrams_are_received_whole_by_the_owner_only() {
         frag >= 240,
         "later fragments passed by the fragment table: {frag}"
     );
-    assert_no_overlap(&c, "fragments");
+    c.assert_no_overlap("fragments");
     println!("fragments: {:?}", t0.elapsed());
 }
 
@@ -1020,7 +1001,7 @@ fn vlan_tagged_client_traffic_is_judged_by_the_owner_only() {
         replies, 3,
         "every node with a lease answers ARP on the VLAN"
     );
-    assert_no_overlap(&c, "VLAN");
+    c.assert_no_overlap("VLAN");
     println!("VLAN: {:?}", t0.elapsed());
 }
 
@@ -1170,7 +1151,7 @@ fn forged_and_replayed_heartbeats_change_nothing_and_are_counted() {
         "service disturbed: {unanswered} of {} probes",
         probes.len()
     );
-    assert_no_overlap(&c, "forged heartbeats");
+    c.assert_no_overlap("forged heartbeats");
     println!("forged heartbeats: {:?}", t0.elapsed());
 }
 
@@ -1206,7 +1187,7 @@ fn restarted_agents_never_overlap_and_get_their_buckets_back() {
         probes.len(),
         a3 == b3
     );
-    assert_no_overlap(&c, "SIGKILL + restart");
+    c.assert_no_overlap("SIGKILL + restart");
     assert!(
         (1365..=1366).contains(&a3.len()),
         "node 3 share: {}",
@@ -1223,7 +1204,7 @@ fn restarted_agents_never_overlap_and_get_their_buckets_back() {
     c.wait_converged(&[1, 2, 3], CONVERGE);
     std::thread::sleep(Duration::from_millis(300));
     let probes = prober.finish();
-    assert_no_overlap(&c, "SIGKILL + late restart");
+    c.assert_no_overlap("SIGKILL + late restart");
     let a3 = owned(&c, 3);
     assert!(
         (1365..=1366).contains(&a3.len()),
@@ -1259,7 +1240,7 @@ fn restarted_agents_never_overlap_and_get_their_buckets_back() {
         probes.len(),
         unanswered.len()
     );
-    assert_no_overlap(&c, "SIGTERM + start");
+    c.assert_no_overlap("SIGTERM + start");
     let a3 = owned(&c, 3);
     assert!(
         (1365..=1366).contains(&a3.len()),

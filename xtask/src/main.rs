@@ -142,21 +142,26 @@ fn build_ebpf(root: &Path, release: bool) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// `cargo run --release` of binary `bin` of `package` (with `features`).
+fn run_release_bin(
+    root: &Path,
+    package: &str,
+    features: &[&str],
+    bin: &str,
+    args: &[String],
+) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root)
+        .args(["run", "--release", "-q", "-p", package]);
+    for f in features {
+        cmd.args(["--features", f]);
+    }
+    run(cmd.args(["--bin", bin, "--"]).args(args))
+}
+
 /// Runs one of the `xnlb-tests` programs (benchmarks, soak) in release.
 fn run_bin(root: &Path, bin: &str, args: &[String]) -> Result<()> {
-    run(Command::new("cargo")
-        .current_dir(root)
-        .args([
-            "run",
-            "--release",
-            "-q",
-            "-p",
-            "xnlb-tests",
-            "--bin",
-            bin,
-            "--",
-        ])
-        .args(args))
+    run_release_bin(root, "xnlb-tests", &[], bin, args)
 }
 
 /// Builds the release agent binary (the cluster tests and benches run it).
@@ -167,21 +172,7 @@ fn build_agent(root: &Path) -> Result<()> {
 }
 
 fn sim(root: &Path, args: &[String]) -> Result<()> {
-    run(Command::new("cargo")
-        .current_dir(root)
-        .args([
-            "run",
-            "--release",
-            "-q",
-            "-p",
-            "xnlb-proto",
-            "--features",
-            "sim",
-            "--bin",
-            "xnlb-sim",
-            "--",
-        ])
-        .args(args))
+    run_release_bin(root, "xnlb-proto", &["sim"], "xnlb-sim", args)
 }
 
 fn is_root() -> bool {
