@@ -11,4 +11,5 @@ pub mod key;
 pub mod metrics;
 pub mod plan;
 pub mod runtime;
+pub mod state_file;
 pub mod status;

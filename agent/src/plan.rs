@@ -120,6 +120,71 @@ fn fingerprint(cfg: &Config) -> [u8; 32] {
     Sha256::digest(text.as_bytes()).into()
 }
 
+/// The config keys whose values differ between `old` and `new` among those
+/// every member must share (the fingerprint): a running node cannot change
+/// them alone, so a reload that touches them is refused, naming them.
+pub fn cluster_wide_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    if fingerprint(old) == fingerprint(new) {
+        return keys;
+    }
+    if old.cluster_name != new.cluster_name {
+        keys.push("cluster.name");
+    }
+    if old.buckets != new.buckets {
+        keys.push("cluster.buckets");
+    }
+    if old.heartbeat_interval_ms != new.heartbeat_interval_ms {
+        keys.push("cluster.heartbeat_interval_ms");
+    }
+    if old.dead_after_ms != new.dead_after_ms {
+        keys.push("cluster.dead_after_ms");
+    }
+    let members = |c: &Config| -> Vec<(u8, Role, usize)> {
+        c.members
+            .iter()
+            .map(|m| (m.id, m.role, m.addrs.len()))
+            .collect()
+    };
+    if members(old) != members(new) {
+        keys.push("[[cluster.member]] (ids, roles or number of addresses)");
+    }
+    let vips = |c: &Config| -> Vec<String> {
+        c.vips
+            .iter()
+            .map(|v| {
+                format!(
+                    "{} {} {:?} {:?} {:?}",
+                    v.address,
+                    v.unicast_mac,
+                    v.default,
+                    v.default_priority,
+                    v.rules
+                        .iter()
+                        .map(|r| {
+                            (
+                                r.protocol,
+                                r.port_lo,
+                                r.port_hi,
+                                r.mode,
+                                r.affinity,
+                                r.priority.clone(),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                )
+            })
+            .collect()
+    };
+    if vips(old) != vips(new) {
+        keys.push("[[vip]] (addresses, MAC mode, defaults or rules)");
+    }
+    if keys.is_empty() {
+        keys.push("cluster-wide settings");
+    }
+    keys
+}
+
 /// The protocol core's configuration.
 pub fn proto_config(cfg: &Config, plan: &Plan, key: Vec<u8>) -> xnlb_proto::Config {
     xnlb_proto::Config {

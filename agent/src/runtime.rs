@@ -6,6 +6,7 @@
 //! thread serves the control socket, the metrics endpoint and signals, and
 //! talks to the protocol thread through a channel.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,15 +17,16 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 use xnlb_common::{ipproto, slot_state, Table, MAX_BUCKETS};
-use xnlb_proto::{Event, MemberState, Node, Time};
+use xnlb_proto::{Event, MemberState, Node, Time, Transmit};
 
 use crate::config::{Config, Role, XdpMode};
 use crate::control::server::{self, Command};
 use crate::control::{Request, Response};
-use crate::dataplane::{embedded_object, monotonic_ns, Dataplane};
+use crate::dataplane::{boottime_ns, embedded_object, Dataplane};
 use crate::flow::{classify, is_disabled, FlowSpec};
 use crate::host::{self, Host};
-use crate::plan::{plan, proto_config, Plan};
+use crate::plan::{cluster_wide_changes, plan, proto_config, Plan};
+use crate::state_file::{self, Writer, Written};
 use crate::status::{AvailabilityView, StatusView};
 
 /// Why the agent stopped or could not start, and its exit status.
@@ -44,7 +46,7 @@ enum Signal {
 }
 
 fn now() -> Time {
-    Time(monotonic_ns())
+    Time(boottime_ns())
 }
 
 /// Incarnation: wall-clock nanoseconds, larger at every start.
@@ -57,19 +59,6 @@ fn incarnation() -> u64 {
 
 fn state_file(cfg: &Config) -> PathBuf {
     cfg.state_dir.join(format!("node{}.state", cfg.node_id))
-}
-
-/// Writes `bytes` durably: temporary file, fsync, rename, fsync the directory.
-fn persist(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Failover bookkeeping for MTTR and availability.
@@ -124,6 +113,16 @@ struct Shell {
     dp: Option<Dataplane>,
     host: Host,
     xdp: Option<String>,
+    /// The cluster key in use (a reload may not change it).
+    key: Vec<u8>,
+    /// The state file's writer thread.
+    writer: Writer,
+    /// Highest write the writer reported durable.
+    durable: u64,
+    /// Datagrams waiting for a write (in the order the core made them).
+    held: VecDeque<Transmit>,
+    /// The last write failed (logged once per failing streak).
+    write_failing: bool,
     sockets: Vec<Arc<UdpSocket>>,
     /// Heartbeat addresses by member id (looked up for every datagram sent).
     peers: ahash::AHashMap<u8, Vec<SocketAddr>>,
@@ -134,29 +133,33 @@ struct Shell {
 }
 
 /// Loads everything that can fail before touching the host: the config,
-/// the key, the plan and the protocol node.
-fn prepare(cfg: &Config) -> Result<(Plan, Node)> {
+/// the key, the plan, the state file and the protocol node.
+///
+/// A state file that exists but cannot be used stops the start: starting
+/// over would forget this member's votes and promises, which could let two
+/// values be chosen for one epoch. The error says how to recover.
+fn prepare(cfg: &Config) -> Result<(Plan, Node, Vec<u8>)> {
     let key = crate::key::load(&cfg.key_file)?;
     let plan = plan(cfg);
-    let pcfg = proto_config(cfg, &plan, key);
+    let pcfg = proto_config(cfg, &plan, key.clone());
     let inc = incarnation();
-    let node = match std::fs::read(state_file(cfg)) {
-        Ok(bytes) => match Node::restore(pcfg.clone(), now(), inc, &bytes) {
-            Ok(n) => {
-                info!("restored protocol state from {}", state_file(cfg).display());
-                n
-            }
-            Err(e) => {
-                warn!(
-                    "ignoring unusable state file {}: {e}",
-                    state_file(cfg).display()
-                );
-                Node::new(pcfg, now(), inc)?
-            }
-        },
-        Err(_) => Node::new(pcfg, now(), inc)?,
+    let path = state_file(cfg);
+    let node = match state_file::load(&path)? {
+        Some(bytes) => {
+            let n = Node::restore(pcfg, now(), inc, &bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}\n  in {file}. Starting over would forget this member's votes.\n  To recover: keep this agent stopped until `xnlb status` on another node shows member {id} dead, then move {file} away and start again (the node rejoins as a new member; see README, \"The state file\").",
+                    file = path.display(),
+                    id = cfg.node_id
+                )
+            })?;
+            info!("restored protocol state from {}", path.display());
+            n
+        }
+        None => Node::new(pcfg, now(), inc)?,
     };
-    Ok((plan, node))
+    state_file::check_writable(&path)?;
+    Ok((plan, node, key))
 }
 
 fn same_vips(a: &Table, b: &Table) -> bool {
@@ -201,24 +204,71 @@ fn setup_dataplane(cfg: &Config, plan: &Plan) -> Result<(Dataplane, String)> {
 }
 
 impl Shell {
-    /// Applies the core's events, then sends its datagrams (events first:
-    /// a Persist must be durable before any later datagram leaves).
+    /// Applies the core's events, then sends its datagrams. Events come
+    /// first (a failed install must be reported before anything leaves); a
+    /// datagram that depends on a write not yet durable is held until the
+    /// writer reports it.
     fn drive(&mut self) {
         while let Some(ev) = self.node.poll_event() {
             self.apply(ev);
         }
         while let Some(t) = self.node.poll_transmit() {
-            let Some(member) = self.cfg.members.iter().find(|m| m.id == t.to) else {
-                continue;
-            };
-            let (Some(sock), Some(addr)) = (self.sockets.get(t.link), member.addrs.get(t.link))
-            else {
-                continue;
-            };
-            if let Err(e) = sock.try_send_to(&t.bytes, *addr) {
-                debug!("heartbeat to member {} on link {}: {e}", t.to, t.link);
+            if t.after_persist > self.durable {
+                self.held.push_back(t);
+            } else {
+                self.send(&t);
             }
         }
+    }
+
+    fn send(&self, t: &Transmit) {
+        let Some(member) = self.cfg.members.iter().find(|m| m.id == t.to) else {
+            return;
+        };
+        let (Some(sock), Some(addr)) = (self.sockets.get(t.link), member.addrs.get(t.link)) else {
+            return;
+        };
+        if let Err(e) = sock.try_send_to(&t.bytes, *addr) {
+            debug!("datagram to member {} on link {}: {e}", t.to, t.link);
+        }
+    }
+
+    /// The writer's report on write `seq`: release what waited for it, or
+    /// drop it and let the core fence the node.
+    fn written(&mut self, seq: u64, result: std::io::Result<()>) {
+        let t = now();
+        let path = state_file(&self.cfg);
+        match result {
+            Ok(()) => {
+                self.durable = self.durable.max(seq);
+                if self.write_failing {
+                    info!("state file {} written again: rejoining", path.display());
+                    self.write_failing = false;
+                }
+                while self
+                    .held
+                    .front()
+                    .is_some_and(|h| h.after_persist <= self.durable)
+                {
+                    if let Some(h) = self.held.pop_front() {
+                        self.send(&h);
+                    }
+                }
+                self.node.persisted(t, seq, true);
+            }
+            Err(e) => {
+                if !self.write_failing {
+                    error!(
+                        "writing the state file {}: {e}; this node is fenced and silent until a write succeeds",
+                        path.display()
+                    );
+                    self.write_failing = true;
+                }
+                self.held.retain(|h| h.after_persist > seq);
+                self.node.persisted(t, seq, false);
+            }
+        }
+        self.drive();
     }
 
     fn apply(&mut self, ev: Event) {
@@ -244,8 +294,9 @@ impl Shell {
                     .count();
                 if let Some(dp) = &mut self.dp {
                     if let Err(e) = dp.install(&table) {
-                        error!("installing epoch {epoch} in the data plane: {e}; fencing");
-                        let _ = dp.set_lease(0);
+                        error!("installing epoch {epoch} in the data plane: {e}; fenced and silent until an install succeeds");
+                        // Before any datagram leaves: none may claim it.
+                        self.node.install_failed(now());
                         return;
                     }
                 }
@@ -303,13 +354,16 @@ impl Shell {
                     }
                 );
             }
-            Event::Persist { state } => {
-                if let Err(e) = persist(&state_file(&self.cfg), &state) {
-                    error!(
-                        "persisting protocol state to {}: {e}",
-                        state_file(&self.cfg).display()
-                    );
+            Event::Persist { seq, state } => {
+                if !self.writer.write(seq, state) {
+                    error!("the state file writer is gone; fencing");
+                    self.node.persisted(now(), seq, false);
                 }
+            }
+            Event::Divergence { member, epoch } => {
+                warn!(
+                    "member {member} holds another map than ours at epoch {epoch}: not vouching for it; repairing from the map a quorum holds"
+                );
             }
             Event::Stopped => {
                 info!("left the cluster");
@@ -432,16 +486,30 @@ impl Shell {
             || cfg.interface != self.cfg.interface
             || cfg.listen != self.cfg.listen
         {
-            error!("reload rejected: node.id, node.interface and cluster.listen need a restart");
+            error!("reload rejected, running configuration kept: node.id, node.interface and cluster.listen need a restart");
             return;
         }
         let key = match crate::key::load(&cfg.key_file) {
             Ok(k) => k,
             Err(e) => {
-                error!("reload rejected: {e}");
+                error!("reload rejected, running configuration kept: {e}");
                 return;
             }
         };
+        // Settings every member must share cannot change on one node: its
+        // peers would refuse its datagrams (and, before leases followed the
+        // peers' promises, it kept serving on a lease nobody vouched for).
+        let mut shared = cluster_wide_changes(&self.cfg, &cfg);
+        if key != self.key {
+            shared.push("cluster.key_file (the key itself)");
+        }
+        if !shared.is_empty() {
+            error!(
+                "reload rejected, running configuration kept: {} must be the same on every node and cannot change by reload; change it on every node and restart them (README, \"Changing cluster-wide settings\")",
+                shared.join(", ")
+            );
+            return;
+        }
         let new_plan = plan(&cfg);
         if let Err(e) = self
             .node
@@ -528,6 +596,7 @@ async fn protocol_loop(
     mut sh: Shell,
     mut commands: mpsc::Receiver<Command>,
     mut signals: mpsc::Receiver<Signal>,
+    mut written: mpsc::UnboundedReceiver<Written>,
 ) -> Shell {
     let (dgram_tx, mut dgrams) = mpsc::channel::<(usize, Vec<u8>)>(1024);
     for (link, sock) in sh.sockets.iter().enumerate() {
@@ -564,7 +633,6 @@ async fn protocol_loop(
     };
     let mut checks = spawn_checks(&sh.cfg);
     let mut tracker = crate::health::Tracker::new(sh.cfg.vips.len());
-    let mut health_drained = false;
     let mut flows = tokio::time::interval(Duration::from_millis(500));
     let mut stop_deadline: Option<tokio::time::Instant> = None;
     sh.node.handle_timeout(now());
@@ -575,13 +643,14 @@ async fn protocol_loop(
             .poll_timeout()
             .map(|t| {
                 tokio::time::Instant::now()
-                    + Duration::from_nanos(t.0.saturating_sub(monotonic_ns()))
+                    + Duration::from_nanos(t.0.saturating_sub(boottime_ns()))
             })
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1));
         let give_up = stop_deadline
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             Some((link, bytes)) = dgrams.recv() => sh.node.handle_datagram(now(), link, &bytes),
+            Some((seq, result)) = written.recv() => sh.written(seq, result),
             _ = tokio::time::sleep_until(wake) => sh.node.handle_timeout(now()),
             Some((req, reply)) = commands.recv() => {
                 let stop = req == Request::Stop;
@@ -602,22 +671,28 @@ async fn protocol_loop(
                         c.abort();
                     }
                     checks = spawn_checks(&sh.cfg);
-                    tracker = crate::health::Tracker::new(sh.cfg.vips.len());
+                    // The tracker (and the core's health drain) carry over:
+                    // the VIP list cannot change by reload. With no check
+                    // left, nothing can end a health drain but this.
+                    if sh.cfg.vips.iter().all(|v| v.health.is_none()) {
+                        sh.node.set_health_drain(now(), false);
+                    }
                 }
             },
             Some(outcome) = health_rx.recv() => {
                 let vip = sh.cfg.vips.get(outcome.vip).map(|v| (v.address, v.health.clone()));
                 if let Some((addr, Some(h))) = vip {
                     match tracker.record(outcome, &h) {
+                        // The core keeps the health reason apart from an
+                        // operator drain or a failback hold: recovering ends
+                        // only its own drain, and a reload keeps it.
                         crate::health::Action::Drain => {
                             warn!("health check of VIP {addr} failed {} times in a row: draining this node", h.fall);
-                            sh.node.drain(now(), None);
-                            health_drained = true;
+                            sh.node.set_health_drain(now(), true);
                         }
-                        crate::health::Action::Resume if health_drained => {
-                            info!("health checks pass again ({} in a row): resuming", h.rise);
-                            sh.node.resume(now());
-                            health_drained = false;
+                        crate::health::Action::Resume => {
+                            info!("health checks pass again ({} in a row): ending the health drain", h.rise);
+                            sh.node.set_health_drain(now(), false);
                         }
                         _ => {}
                     }
@@ -657,7 +732,7 @@ fn bind_sockets(cfg: &Config) -> Result<Vec<std::net::UdpSocket>> {
 /// [`Exit`] code 2 before anything on the host is touched.
 pub fn run(cfg_path: &Path) -> Result<(), (i32, anyhow::Error)> {
     let cfg = Config::load(cfg_path).map_err(|e| (2, e.into()))?;
-    let (plan, node) = prepare(&cfg).map_err(|e| (2, e))?;
+    let (plan, node, key) = prepare(&cfg).map_err(|e| (2, e))?;
     let std_sockets = bind_sockets(&cfg).map_err(|e| (1, e))?;
     let control = server_socket(&cfg).map_err(|e| (1, e))?;
     info!(
@@ -700,7 +775,14 @@ pub fn run(cfg_path: &Path) -> Result<(), (i32, anyhow::Error)> {
                     .into_iter()
                     .map(|s| UdpSocket::from_std(s).map(Arc::new))
                     .collect::<std::io::Result<Vec<_>>>()?;
+                let (written_tx, written_rx) = mpsc::unbounded_channel();
+                let writer = Writer::spawn(state_file(&cfg), written_tx)?;
                 let sh = Shell {
+                    key,
+                    writer,
+                    durable: 0,
+                    held: VecDeque::new(),
+                    write_failing: false,
                     peers: peer_addrs(&cfg),
                     cfg,
                     plan,
@@ -719,7 +801,7 @@ pub fn run(cfg_path: &Path) -> Result<(), (i32, anyhow::Error)> {
                     installed: None,
                     stopped: false,
                 };
-                let mut sh = protocol_loop(sh, cmd_rx, sig_rx).await;
+                let mut sh = protocol_loop(sh, cmd_rx, sig_rx, written_rx).await;
                 sh.teardown();
                 Ok::<(), std::io::Error>(())
             })

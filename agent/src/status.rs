@@ -100,6 +100,14 @@ pub struct StatusView {
     pub lease_ms: u64,
     /// Failovers and availability.
     pub availability: AvailabilityView,
+    /// What keeps this node fenced besides quorum and lease (a state file
+    /// that cannot be written, a data-plane install that failed).
+    #[serde(default)]
+    pub blocked: Option<String>,
+    /// Why this node asks to be drained: operator drain, health check
+    /// failing, manual failback waiting for resume.
+    #[serde(default)]
+    pub drain_reasons: Vec<String>,
 }
 
 /// Data-plane counters by name; zeros when there is no data plane.
@@ -159,6 +167,8 @@ impl StatusView {
             xdp,
             lease_ms: s.lease_until.0.saturating_sub(now.0) / 1_000_000,
             availability,
+            blocked: s.blocked.map(str::to_string),
+            drain_reasons: s.drain_reasons.iter().map(|r| r.to_string()).collect(),
         }
     }
 
@@ -190,6 +200,12 @@ impl StatusView {
             self.lease_ms,
             self.xdp.as_deref().unwrap_or("none (witness)")
         );
+        if let Some(b) = &self.blocked {
+            let _ = writeln!(o, "FENCED: {b}; silent until it recovers (see the log)");
+        }
+        if !self.drain_reasons.is_empty() {
+            let _ = writeln!(o, "Drained by: {}", self.drain_reasons.join(", "));
+        }
         let ranges: Vec<String> = self
             .buckets
             .owned_ranges

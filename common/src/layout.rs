@@ -6,7 +6,7 @@
 
 /// Version of this layout; stored in the pinned control map so a new agent
 /// can tell whether it may adopt the maps a previous agent left pinned.
-pub const LAYOUT_VERSION: u64 = 1;
+pub const LAYOUT_VERSION: u64 = 2;
 
 /// Where the agent pins the program, its link and its maps (bpffs).
 pub const PIN_DIR: &str = "/sys/fs/bpf/xnlb";
@@ -423,6 +423,38 @@ pub struct FragKey {
     pub _pad2: u16,
 }
 
+/// Values of `XNLB_FRAGS`: the slot the first fragment hashed to and when
+/// it was accepted, packed in one `u64` (slot in the top 16 bits, coarse
+/// time in 1.024 µs units below). A later fragment follows only a young
+/// entry whose slot this node still holds, so a reused IP id cannot be
+/// taken on a stale entry after the slot moved.
+pub mod frag {
+    /// How long later fragments follow a first one: the kernel's default
+    /// reassembly timeout (`net.ipv4.ipfrag_time`, 30 s).
+    pub const MAX_AGE_NS: u64 = 30_000_000_000;
+    const TIME_SHIFT: u32 = 10;
+    const SLOT_SHIFT: u32 = 48;
+    const TIME_MASK: u64 = (1 << SLOT_SHIFT) - 1;
+
+    /// The entry for a first fragment of `slot` accepted at `now_ns`.
+    #[inline(always)]
+    pub fn pack(slot: usize, now_ns: u64) -> u64 {
+        ((slot as u64) << SLOT_SHIFT) | ((now_ns >> TIME_SHIFT) & TIME_MASK)
+    }
+
+    /// `(slot, time)` of an entry.
+    #[inline(always)]
+    pub fn unpack(v: u64) -> (usize, u64) {
+        ((v >> SLOT_SHIFT) as usize, v & TIME_MASK)
+    }
+
+    /// Whether an entry stamped `at` is young enough at `now_ns`.
+    #[inline(always)]
+    pub fn fresh(at: u64, now_ns: u64) -> bool {
+        ((now_ns >> TIME_SHIFT).wrapping_sub(at) & TIME_MASK) < MAX_AGE_NS >> TIME_SHIFT
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are `#[repr(C)]`, `Copy`, made only of integers
@@ -439,6 +471,21 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::size_of;
+
+    #[test]
+    fn fragment_entries_keep_their_slot_and_expire_after_the_reassembly_timeout() {
+        let t0 = 5_000_000_000_000u64;
+        let v = frag::pack(16_640, t0);
+        let (slot, at) = frag::unpack(v);
+        assert_eq!(slot, 16_640);
+        assert!(frag::fresh(at, t0));
+        assert!(frag::fresh(at, t0 + frag::MAX_AGE_NS - 2_000));
+        assert!(!frag::fresh(at, t0 + frag::MAX_AGE_NS + 2_000));
+        // Across the 48-bit wrap of the packed time.
+        let late = (1u64 << 58) - 1_000_000;
+        let (_, at) = frag::unpack(frag::pack(3, late));
+        assert!(frag::fresh(at, late + 1_000_000_000));
+    }
 
     #[test]
     fn layout_sizes_are_stable() {

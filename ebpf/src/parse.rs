@@ -2,12 +2,15 @@
 //! headers, fragments), L4 (ports, TCP flags, ICMP echo and errors), then the
 //! rule, the hash and this node's slot state.
 
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns},
+    programs::XdpContext,
+};
 use core::cell::Cell;
 
 use xnlb_common::{
-    counter, ctrl, family, flow_hash, ipproto, match_rule, mode, Counters, FlowWords, FragKey,
-    Table, Vip, MAX_IPV6_EXT, MAX_SLOTS, MAX_VIPS, MAX_VLAN_DEPTH,
+    counter, ctrl, family, flow_hash, frag, ipproto, match_rule, mode, slot_state, Counters,
+    FlowWords, FragKey, Table, Vip, MAX_IPV6_EXT, MAX_SLOTS, MAX_VIPS, MAX_VLAN_DEPTH,
 };
 
 use crate::packet::Frame;
@@ -251,20 +254,28 @@ pub fn find_vip6(t: &Table, addr: &[u32; 4]) -> Option<usize> {
 }
 
 /// Now, on CLOCK_MONOTONIC_COARSE: the timekeeper's last tick, read without
-/// touching the clock source. It costs a few nanoseconds where a precise
-/// `bpf_ktime_get_ns` costs tens in a VM, and lags the precise clock by at
-/// most one tick, which the agent subtracts from every lease it writes.
+/// touching the clock source (a few nanoseconds where a precise read costs
+/// tens in a VM). For bookkeeping only (log rate, tracking, fragment age):
+/// it stops during suspend and lags by a tick, so the lease never uses it.
 #[inline(always)]
 pub fn now() -> u64 {
     // SAFETY: a helper call with no arguments.
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// True while the agent's lease is valid (S3).
+/// True while the agent's lease is valid (S3). The deadline is on
+/// CLOCK_BOOTTIME, read precisely: it keeps counting through suspend, so a
+/// node that wakes up after its peers took its buckets over is fenced at
+/// once, and no tick of lag has to be allowed for. Only a packet this node
+/// would otherwise accept pays for the read (see `finish`).
 #[inline(always)]
 pub fn lease_valid() -> bool {
     match XNLB_CTRL.get(ctrl::LEASE) {
-        Some(deadline) => now() < *deadline,
+        Some(deadline) => {
+            // SAFETY: a helper call with no arguments.
+            let now = unsafe { bpf_ktime_get_boot_ns() };
+            now < *deadline
+        }
         None => false,
     }
 }
@@ -292,9 +303,6 @@ fn ipv4<const PROBE: bool>(
         return XDP_PASS;
     };
     stats.bump(counter::VIP_PACKETS);
-    if !lease_valid() {
-        return stats.fenced();
-    }
     let ihl = ((vihl & 0x0f) as usize) * 4;
     let total = ip.be16(2) as usize;
     let frag = ip.be16(6);
@@ -354,9 +362,6 @@ fn ipv6<const PROBE: bool>(
         return XDP_PASS;
     };
     stats.bump(counter::VIP_PACKETS);
-    if !lease_valid() {
-        return stats.fenced();
-    }
     let src = ip.words4(8);
     let payload = ip.be16(4) as usize;
     if f.start + l3 + 40 + payload > f.end {
@@ -449,10 +454,20 @@ fn finish<const PROBE: bool>(
         _pad2: 0,
     };
     if fr.later {
-        // No L4 header here: follow the node that took the first fragment.
-        if XNLB_FRAGS.get_ptr(&frag_key).is_some() {
-            stats.bump(counter::PASSED_FRAGMENT);
-            return accept(f, cluster_dst, stats);
+        // No L4 header here: follow the node that took the first fragment,
+        // while that entry is young and its slot is still held here (an IP
+        // id reused after the slot moved must not be taken by a stale entry).
+        if let Some(entry) = XNLB_FRAGS.get_ptr(&frag_key) {
+            // SAFETY: pointer into the map value, valid for this run.
+            let (slot, at) = frag::unpack(unsafe { *entry });
+            if frag::fresh(at, now()) && slot < MAX_SLOTS && t.state[slot] != slot_state::NOT_OWNED
+            {
+                if !lease_valid() {
+                    return stats.fenced();
+                }
+                stats.bump(counter::PASSED_FRAGMENT);
+                return accept(f, cluster_dst, stats);
+            }
         }
         stats.bump(counter::DROPPED_NOT_OWNER);
         return XDP_DROP;
@@ -487,7 +502,14 @@ fn finish<const PROBE: bool>(
             );
         }
     }
-    match verdict::decide(t.state[slot], &flow, slot as u32) {
+    let state = t.state[slot];
+    // Fail closed before any side effect of the verdict (tracking): a node
+    // past its lease accepts nothing. A slot it does not hold is dropped
+    // below without reading the clock, the common case on every node.
+    if state != slot_state::NOT_OWNED && !lease_valid() {
+        return stats.fenced();
+    }
+    match verdict::decide(state, &flow, slot as u32) {
         Decision::Drop => {
             stats.bump(counter::DROPPED_NOT_OWNER);
             XDP_DROP
@@ -495,7 +517,7 @@ fn finish<const PROBE: bool>(
         d => {
             if fr.fragmented {
                 // Failure only loses the later fragments.
-                let _ = XNLB_FRAGS.insert(&frag_key, &now(), 0);
+                let _ = XNLB_FRAGS.insert(&frag_key, &frag::pack(slot, now()), 0);
             }
             if d == Decision::PassTracked {
                 stats.bump(counter::PASSED_TRACKED);

@@ -29,7 +29,7 @@ pub mod wire;
 pub mod sim;
 
 pub use config::{Config, ConfigError, Failback, MemberConfig, Role};
-pub use node::{Event, MemberState, Node, Transmit};
+pub use node::{Blocked, Event, MemberState, Node, Transmit};
 pub use status::{MemberStatus, NodeState, QuorumStatus, Status};
 pub use time::Time;
 pub use wire::DropReason;

@@ -75,6 +75,10 @@ pub struct Peer {
     pub vouch: Option<(u64, Time)>,
     /// Latest of our own `sent_at` the peer vouched for (this incarnation).
     pub echo_of_ours: u64,
+    /// The promise horizon the peer gave with that echo (ns).
+    pub echo_horizon: u64,
+    /// Epoch at which our states were last seen to differ (0 = never).
+    pub diverged_at: u64,
     /// The peer's latest heartbeat.
     pub report: Option<Heartbeat>,
     /// Fingerprint mismatch already reported (once per incarnation).
@@ -95,6 +99,8 @@ impl Peer {
             last_heard_link: vec![None; local_links.max(1)],
             vouch: None,
             echo_of_ours: 0,
+            echo_horizon: 0,
+            diverged_at: 0,
             report: None,
             mismatch_reported: false,
             reported_liveness: None,

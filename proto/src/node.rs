@@ -4,10 +4,13 @@
 //! # Driving it (the shell's loop)
 //! 1. Feed every received datagram to [`Node::handle_datagram`] and call
 //!    [`Node::handle_timeout`] when [`Node::poll_timeout`] is reached.
-//! 2. After each call, drain [`Node::poll_event`] *first* (write `Persist`
-//!    durably, `Install` and `Lease` to the data plane), *then*
-//!    [`Node::poll_transmit`]: messages may only leave once the state they
-//!    announce is persisted and installed.
+//! 2. After each call, drain [`Node::poll_event`] *first* (`Install` and
+//!    `Lease` to the data plane; hand `Persist` to the writer), *then*
+//!    [`Node::poll_transmit`]. A transmit whose [`Transmit::after_persist`]
+//!    is not yet durable waits for that write (heartbeats need only the first, so a
+//!    slow disk never delays them); report every write's outcome with
+//!    [`Node::persisted`] and a failed install with [`Node::install_failed`]
+//!    before polling transmits.
 //!
 //! # Data-plane rule (S1, S6)
 //! A slot's state only ever *gains* acceptance of new flows (to `OWNED` or
@@ -45,6 +48,11 @@ pub struct Transmit {
     pub link: usize,
     /// The datagram (at most [`wire::MAX_DATAGRAM`] bytes).
     pub bytes: Vec<u8>,
+    /// Sequence number of the [`Event::Persist`] that must be durable before
+    /// this datagram may leave (0: none). Votes, proposals and commits
+    /// announce state a restart must remember; heartbeats need only the
+    /// first write (this incarnation), so a slow disk never delays them.
+    pub after_persist: u64,
 }
 
 /// Member state as reported in events and status (DESIGN 4).
@@ -94,7 +102,7 @@ pub enum Event {
     },
     /// Write to the data plane's lease word; `Time(0)` fences at once.
     Lease {
-        /// Deadline on the monotonic clock.
+        /// Deadline on the node's clock ([`Time`]).
         until: Time,
     },
     /// A member's state changed.
@@ -137,22 +145,58 @@ pub enum Event {
         /// Whether it ended by timeout rather than by the flows ending.
         timed_out: bool,
     },
-    /// Write these bytes durably (fsync) before sending any later datagram;
-    /// pass them to [`Node::restore`] after a restart.
+    /// Write these bytes durably (fsync), then report the outcome with
+    /// [`Node::persisted`]; pass them to [`Node::restore`] after a restart.
+    /// Transmits with `after_persist >= seq` wait for this write.
     Persist {
+        /// Increasing number of this write; a later one supersedes it.
+        seq: u64,
         /// Opaque state.
         state: Vec<u8>,
+    },
+    /// Our state and a peer's differ at the same epoch (a bug or a state
+    /// file rolled back): we stop vouching for it and repair by snapshot.
+    Divergence {
+        /// The peer.
+        member: u8,
+        /// The epoch at which the digests differ.
+        epoch: u64,
     },
     /// The node has left the cluster (after `stop`); the shell may exit.
     Stopped,
 }
 
+/// What survives a restart. Version 2 added `max_round` (a restarted
+/// proposer never reuses a ballot) and `max_horizon` (a restarted acceptor
+/// keeps every promise it advertised).
 #[derive(Clone, Debug, Encode, Decode)]
 struct Persisted {
     version: u32,
     incarnation: u64,
     state: Vec<u8>,
     acceptor: Acceptor,
+    max_round: u64,
+    max_horizon: u64,
+}
+
+/// Why this node's own state keeps it from serving and voting, besides
+/// quorum and lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blocked {
+    /// The last state write failed: no vote or lease until one succeeds.
+    Storage,
+    /// The last data-plane install failed: fenced until one succeeds.
+    Install,
+}
+
+impl Blocked {
+    /// For status and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Blocked::Storage => "the state file cannot be written",
+            Blocked::Install => "the data plane rejected the last install",
+        }
+    }
 }
 
 struct SnapshotRx {
@@ -182,8 +226,11 @@ pub struct Node {
     retry_after: Time,
     snapshot_rx: Option<SnapshotRx>,
     sync_sent: Time,
-    // Local intentions.
-    wish: Wish,
+    // Local intentions: the node asks to be drained while any reason holds.
+    operator_drain: bool,
+    failback_hold: bool,
+    health_drain: bool,
+    leaving: bool,
     rebalance_requests: u32,
     stopped: bool,
     stop_emitted: bool,
@@ -194,6 +241,21 @@ pub struct Node {
     releasing_since: Option<Time>,
     flows_remaining: Option<u64>,
     handoff_done: u64,
+    /// The data plane holds our installed state (false after a failed
+    /// install, until a retry succeeds).
+    installed: bool,
+    // Persistence.
+    persist_seq: u64,
+    durable_seq: u64,
+    storage_failed: bool,
+    /// Largest promise horizon (`dead_after`) this member ever used, and the
+    /// part of it known durable (only that much is advertised).
+    max_horizon: u64,
+    durable_horizon: u64,
+    horizon_seq: u64,
+    /// When promises made under a larger horizon have all run out, so the
+    /// horizon a restart must honour can shrink to `dead_after`.
+    horizon_lower_at: Option<Time>,
     lease_emitted: Time,
     had_quorum: bool,
     next_heartbeat: Time,
@@ -206,7 +268,7 @@ pub struct Node {
     events: VecDeque<Event>,
 }
 
-const PERSIST_VERSION: u32 = 1;
+const PERSIST_VERSION: u32 = 2;
 const LOG_LEN: usize = 64;
 const MAX_OPS: usize = 64;
 
@@ -222,14 +284,21 @@ impl Node {
         Ok(Node::build(
             config,
             now,
-            incarnation,
+            incarnation.max(1),
             state,
-            Acceptor::default(),
+            Restored::default(),
         ))
     }
 
     /// A node restarting with the bytes of its last [`Event::Persist`]:
-    /// it keeps its Paxos promises and its last committed state.
+    /// it keeps its Paxos promises, its ballots, its lease promises and its
+    /// last committed state. The incarnation used is the larger of
+    /// `incarnation` and the persisted one plus one, so a wall clock stepped
+    /// back cannot make peers refuse the restarted node as stale.
+    ///
+    /// Refuses (never silently starts over) bytes that are corrupt, of
+    /// another version, or of another cluster layout: forgetting promises
+    /// could let two values be chosen for one epoch.
     pub fn restore(
         config: Config,
         now: Time,
@@ -237,21 +306,37 @@ impl Node {
         persisted: &[u8],
     ) -> Result<Node, ConfigError> {
         config.validate()?;
-        let bad = |w: &str| ConfigError::BadPersistedState(w.to_string());
+        let bad = |w: String| ConfigError::BadPersistedState(w);
+        let version = decode_version(persisted)
+            .ok_or_else(|| bad("too short or not an xnlb state file".into()))?;
+        if version != PERSIST_VERSION {
+            return Err(bad(format!(
+                "written by state format version {version}; this xnlb reads version {PERSIST_VERSION}"
+            )));
+        }
+        let body = checked_body(persisted)
+            .ok_or_else(|| bad("corrupt: its checksum does not match its contents".into()))?;
         let cfg = bincode::config::standard().with_limit::<{ 1 << 20 }>();
-        let (p, _): (Persisted, usize) =
-            bincode::decode_from_slice(persisted, cfg).map_err(|e| bad(&e.to_string()))?;
-        if p.version != PERSIST_VERSION {
-            return Err(bad("version"));
+        let (p, used): (Persisted, usize) =
+            bincode::decode_from_slice(body, cfg).map_err(|e| bad(format!("corrupt: {e}")))?;
+        if used != body.len() {
+            return Err(bad(format!(
+                "corrupt: {} trailing bytes",
+                body.len() - used
+            )));
         }
-        if incarnation <= p.incarnation {
-            return Err(bad("incarnation must grow across restarts"));
+        let state = ClusterState::from_bytes(&p.state)
+            .ok_or_else(|| bad("corrupt: the cluster state does not decode".into()))?;
+        if let Err(why) = state_fits(&state, &config) {
+            return Err(bad(format!("it belongs to another cluster layout ({why})")));
         }
-        let state = ClusterState::from_bytes(&p.state).ok_or_else(|| bad("state"))?;
-        if !state_fits(&state, &config) {
-            return Err(bad("state does not match the configured members and slots"));
-        }
-        Ok(Node::build(config, now, incarnation, state, p.acceptor))
+        let incarnation = incarnation.max(p.incarnation.saturating_add(1));
+        let restored = Restored {
+            acceptor: p.acceptor,
+            max_round: p.max_round,
+            max_horizon: p.max_horizon,
+        };
+        Ok(Node::build(config, now, incarnation, state, restored))
     }
 
     fn build(
@@ -259,8 +344,13 @@ impl Node {
         now: Time,
         incarnation: u64,
         state: ClusterState,
-        acceptor: Acceptor,
+        restored: Restored,
     ) -> Node {
+        let Restored {
+            acceptor,
+            max_round,
+            max_horizon,
+        } = restored;
         let links = cfg.members[cfg.index_of(cfg.self_id).unwrap_or(0)].addrs;
         let peers = cfg
             .members
@@ -282,11 +372,14 @@ impl Node {
             acceptor,
             pending_accept: None,
             proposal: None,
-            max_round: 0,
+            max_round,
             retry_after: now,
             snapshot_rx: None,
             sync_sent: Time(0),
-            wish: Wish::Active,
+            operator_drain: false,
+            failback_hold: false,
+            health_drain: false,
+            leaving: false,
             rebalance_requests: 0,
             stopped: false,
             stop_emitted: false,
@@ -296,6 +389,15 @@ impl Node {
             releasing_since: None,
             flows_remaining: None,
             handoff_done: 0,
+            installed: true,
+            persist_seq: 0,
+            durable_seq: 0,
+            storage_failed: false,
+            // What a previous incarnation advertised is durable already.
+            max_horizon: max_horizon.max(cfg.dead_after_ns),
+            durable_horizon: max_horizon,
+            horizon_seq: 0,
+            horizon_lower_at: (max_horizon > cfg.dead_after_ns).then(|| now + max_horizon),
             lease_emitted: Time(0),
             had_quorum: false,
             next_heartbeat: now,
@@ -316,9 +418,10 @@ impl Node {
                 .member(node.cfg.self_id)
                 .is_some_and(|m| m.standing == Standing::Fenced)
         {
-            node.wish = Wish::Drained;
+            node.failback_hold = true;
         }
         node.persist();
+        node.horizon_seq = node.persist_seq;
         node.refresh_dataplane(now);
         node
     }
@@ -341,6 +444,23 @@ impl Node {
         if now >= self.next_heartbeat {
             self.send_heartbeats(now);
             self.next_heartbeat = now + self.cfg.heartbeat_interval_ns;
+            if self.storage_failed && !self.persist_pending() {
+                // Retry the write once per heartbeat until the disk is back.
+                self.persist();
+            }
+            if self.horizon_lower_at.is_some_and(|t| now >= t) {
+                self.horizon_lower_at = None;
+                self.max_horizon = self.cfg.dead_after_ns;
+                self.durable_horizon = self.durable_horizon.min(self.max_horizon);
+                self.persist();
+            }
+            if !self.installed {
+                // Retry the install: the shell reports failure again if it
+                // still fails; heartbeats say `installed` only after this.
+                self.dp = None;
+                self.installed = true;
+                self.refresh_dataplane(now);
+            }
         }
         self.run_pending_accept(now);
         self.run_local(now);
@@ -350,24 +470,132 @@ impl Node {
     /// Operator `drain`: stop taking new flows, finish existing ones (at most
     /// `timeout_ns`, default `drain_timeout`), then own nothing.
     pub fn drain(&mut self, now: Time, timeout_ns: Option<u64>) {
-        self.wish = Wish::Drained;
+        self.operator_drain = true;
         self.drain_timeout_override = timeout_ns;
         self.after_input(now);
     }
 
-    /// Operator `resume`: take a share again (also ends manual failback).
+    /// Operator `resume`: take a share again (also ends a manual-failback
+    /// hold). A failing health check keeps the node drained regardless: it
+    /// resumes when the check passes.
     pub fn resume(&mut self, now: Time) {
-        self.wish = Wish::Active;
+        self.operator_drain = false;
+        self.failback_hold = false;
         self.drain_timeout_override = None;
         self.after_input(now);
+    }
+
+    /// Health checks: `failing` drains this node while it holds, and its
+    /// end resumes it only if no operator drain or failback hold remains.
+    pub fn set_health_drain(&mut self, now: Time, failing: bool) {
+        self.health_drain = failing;
+        self.after_input(now);
+    }
+
+    /// Why this node is drained by its own choice (for status): operator,
+    /// health check, or manual failback hold.
+    pub fn drain_reasons(&self) -> Vec<&'static str> {
+        let mut r = Vec::new();
+        if self.operator_drain {
+            r.push("operator drain");
+        }
+        if self.health_drain {
+            r.push("health check failing");
+        }
+        if self.failback_hold {
+            r.push("manual failback: waiting for resume");
+        }
+        r
     }
 
     /// Operator `stop`: hand everything off at once and leave; emits
     /// [`Event::Stopped`] when done (at once if we own nothing).
     pub fn stop(&mut self, now: Time) {
-        self.wish = Wish::Leave;
+        self.leaving = true;
         self.drain_timeout_override = Some(0);
         self.after_input(now);
+    }
+
+    /// The shell's report on the write of `Persist { seq }`. A failure
+    /// fences this node, stops it voting (its promises may not survive a
+    /// restart) and silences its heartbeats (so the others fence it and take
+    /// its buckets) until a later write succeeds; the shell drops the
+    /// transmits that waited for it.
+    pub fn persisted(&mut self, now: Time, seq: u64, ok: bool) {
+        if ok {
+            if seq > self.durable_seq {
+                self.durable_seq = seq;
+            }
+            if self.durable_seq >= self.horizon_seq {
+                self.durable_horizon = self.max_horizon;
+            }
+            if self.durable_seq >= self.persist_seq {
+                self.storage_failed = false;
+            }
+        } else if seq >= self.durable_seq {
+            self.storage_failed = true;
+            self.revoke_lease();
+        }
+        self.after_input(now);
+    }
+
+    /// The shell could not write the last [`Event::Install`] to the data
+    /// plane (which keeps its previous table). The node is fenced, reports
+    /// itself not installed, drops the datagrams queued so far (they may
+    /// claim the install), and retries at the next heartbeat.
+    pub fn install_failed(&mut self, now: Time) {
+        self.installed = false;
+        // A lease extension queued behind the failed install must not reach
+        // a data plane that still holds the old map.
+        self.events
+            .retain(|e| !matches!(e, Event::Lease { until } if until.0 > 0));
+        self.revoke_lease();
+        self.transmits.clear();
+        self.after_input(now);
+    }
+
+    /// The promise horizon a restart of this member must honour now: the
+    /// largest `dead_after` under which it may have promises outstanding.
+    pub fn promise_horizon(&self) -> u64 {
+        self.max_horizon
+    }
+
+    /// The value this node is proposing for an epoch, if it is in phase 2:
+    /// `(epoch, ballot, ops)`. For the simulator's ballot-uniqueness check.
+    pub fn proposal_in_flight(&self) -> Option<(u64, u64, &[Op])> {
+        let p = self.proposal.as_ref()?;
+        match &p.phase {
+            Phase::Accepting { ops, .. } => Some((p.epoch, p.ballot, ops)),
+            Phase::Preparing(_) => None,
+        }
+    }
+
+    /// What keeps this node fenced besides quorum and lease, if anything.
+    pub fn blocked(&self) -> Option<Blocked> {
+        if self.storage_failed {
+            Some(Blocked::Storage)
+        } else if !self.installed {
+            Some(Blocked::Install)
+        } else {
+            None
+        }
+    }
+
+    fn persist_pending(&self) -> bool {
+        self.events
+            .iter()
+            .any(|e| matches!(e, Event::Persist { .. }))
+    }
+
+    /// What this node asks of the cluster, from its reasons.
+    fn wish(&self) -> Wish {
+        if self.leaving {
+            Wish::Leave
+        } else if self.operator_drain || self.health_drain || self.failback_hold {
+            Wish::Drained
+        } else {
+            Wish::Active
+        }
     }
 
     /// Operator `rebalance`: ask for the canonical weight-exact layout.
@@ -376,12 +604,21 @@ impl Node {
         self.after_input(now);
     }
 
-    /// Applies a new configuration: timers, key, weight and failback may
-    /// change; members, roles, slots and the node id may not.
+    /// Applies a new configuration: weight, failback, drain timeout and
+    /// (where the fingerprint allows) timers may change; the node id,
+    /// members, roles, slots, cluster-wide settings (the fingerprint) and the
+    /// key may not: peers would refuse every datagram. Timers that do change
+    /// never stretch a lease: leases are sized by the horizons peers promise
+    /// ([`crate::quorum`]), and a larger `dead_after` is advertised only
+    /// once persisted.
     pub fn reconfigure(&mut self, now: Time, config: Config) -> Result<(), ConfigError> {
         config.validate()?;
         let what = if config.self_id != self.cfg.self_id {
             Some("node id")
+        } else if config.fingerprint != self.cfg.fingerprint {
+            Some("settings every member must share (the config fingerprint)")
+        } else if config.key != self.cfg.key {
+            Some("the cluster key")
         } else if config.buckets != self.cfg.buckets {
             Some("buckets")
         } else if config.single_slots != self.cfg.single_slots {
@@ -401,7 +638,17 @@ impl Node {
             return Err(ConfigError::Incompatible(w.into()));
         }
         self.auth = Authenticator::new(&config.key);
+        let horizon = self.max_horizon.max(config.dead_after_ns);
         self.cfg = config;
+        if horizon > self.max_horizon {
+            self.max_horizon = horizon;
+            self.horizon_lower_at = None;
+            self.persist();
+            self.horizon_seq = self.persist_seq;
+        } else if self.cfg.dead_after_ns < self.max_horizon {
+            // Promises already given keep their horizon until they run out.
+            self.horizon_lower_at = Some(now + self.max_horizon);
+        }
         self.after_input(now);
         Ok(())
     }
@@ -526,6 +773,8 @@ impl Node {
                 .collect(),
             sent_bytes: self.sent_bytes,
             sent_datagrams: self.sent_datagrams,
+            blocked: self.blocked().map(Blocked::as_str),
+            drain_reasons: self.drain_reasons(),
         }
     }
 
@@ -544,10 +793,10 @@ impl Node {
     /// reports.
     pub fn debug_line(&self, now: Time) -> String {
         format!(
-            "id {} epoch {} wish {:?} coord {} quorum {} proposal {:?} acceptor {:?} pending {:?} handoff_done {} releasing_since {:?} flows {:?} barrier {} desired {:?} lease {}",
+            "id {} epoch {} wish {:?} coord {} quorum {} proposal {:?} acceptor {:?} pending {:?} handoff_done {} releasing_since {:?} flows {:?} barrier {} desired {:?} lease {} horizon {}ms (lower at {:?}) blocked {:?}",
             self.cfg.self_id,
             self.state.epoch,
-            self.wish,
+            self.wish(),
             self.is_coordinator(now),
             self.has_quorum(now),
             self.proposal.as_ref().map(|p| (p.epoch, p.ballot, matches!(p.phase, Phase::Accepting { .. }))),
@@ -559,6 +808,9 @@ impl Node {
             self.barrier_passed,
             self.desired_ops(now),
             self.lease_emitted,
+            self.max_horizon / MS,
+            self.horizon_lower_at,
+            self.blocked(),
         )
     }
 
@@ -646,6 +898,9 @@ impl Node {
         if self.stopped {
             return NodeState::Stopped;
         }
+        if self.blocked().is_some() {
+            return NodeState::Fenced;
+        }
         let standing = self.state.member(self.cfg.self_id).map(|m| m.standing);
         match standing {
             Some(Standing::Fenced) => return NodeState::Fenced,
@@ -674,7 +929,7 @@ impl Node {
                     || self
                         .peer(m.id)
                         .and_then(|p| p.report.as_ref())
-                        .is_some_and(|h| h.epoch == self.state.epoch && h.digest == self.digest)
+                        .is_some_and(|h| reports(h, self.state.epoch, self.digest))
             })
     }
 
@@ -771,6 +1026,8 @@ impl Node {
             peer.replay = Default::default();
             peer.vouch = None;
             peer.echo_of_ours = 0;
+            peer.echo_horizon = 0;
+            peer.diverged_at = 0;
             peer.mismatch_reported = false;
             if restarted {
                 let id = peer.id;
@@ -844,7 +1101,7 @@ impl Node {
             Body::Commit { epoch, ops, digest } => {
                 self.on_commit(now, from, link, epoch, ops, digest)
             }
-            Body::SyncRequest { have } => self.on_sync_request(from, link, have),
+            Body::SyncRequest { have, digest } => self.on_sync_request(from, link, have, digest),
             Body::SnapshotChunk {
                 epoch,
                 digest,
@@ -862,9 +1119,29 @@ impl Node {
         let floor = self.acceptor.floor(from);
         let dead_after = self.cfg.dead_after_ns;
         let my_inc = self.incarnation;
+        // Same epoch, different state: one of us holds a table the committed
+        // log does not. Never vouch for it; repair by snapshot (only a state
+        // a quorum reports is adopted, see `on_chunk`).
+        let diverged = hb.epoch == self.state.epoch && hb.digest != self.digest;
+        let epoch = self.state.epoch;
         let peer = &mut self.peers[pi];
         if hb.echo_incarnation == my_inc && hb.echo > peer.echo_of_ours {
             peer.echo_of_ours = hb.echo;
+            peer.echo_horizon = hb.echo_horizon;
+        }
+        if diverged {
+            peer.vouch = None;
+            if peer.diverged_at != epoch {
+                peer.diverged_at = epoch;
+                self.events.push_back(Event::Divergence {
+                    member: from,
+                    epoch,
+                });
+            }
+            let peer = &mut self.peers[pi];
+            peer.report = Some(hb);
+            self.request_sync(now, from, link);
+            return;
         }
         if hb.epoch >= floor && peer.vouch.is_none_or(|(t, _)| hb.sent_at > t) {
             peer.vouch = Some((hb.sent_at, now));
@@ -892,16 +1169,17 @@ impl Node {
             link,
             Body::SyncRequest {
                 have: self.state.epoch,
+                digest: self.digest,
             },
         );
     }
 
-    fn on_sync_request(&mut self, from: u8, link: usize, have: u64) {
-        if have >= self.state.epoch {
+    fn on_sync_request(&mut self, from: u8, link: usize, have: u64, digest: u64) {
+        if have > self.state.epoch || (have == self.state.epoch && digest == self.digest) {
             return;
         }
         let first = self.log.front().map(|e| e.0);
-        if first.is_some_and(|f| f <= have + 1) {
+        if have < self.state.epoch && first.is_some_and(|f| f <= have + 1) {
             let entries: Vec<_> = self.log.iter().filter(|e| e.0 > have).cloned().collect();
             for (epoch, ops, digest) in entries {
                 self.send_on(from, link, Body::Commit { epoch, ops, digest });
@@ -934,7 +1212,8 @@ impl Node {
         count: u16,
         data: Vec<u8>,
     ) {
-        if epoch <= self.state.epoch || count == 0 || index >= count || count > 64 {
+        let repair = epoch == self.state.epoch && digest != self.digest;
+        if (epoch <= self.state.epoch && !repair) || count == 0 || index >= count || count > 64 {
             return;
         }
         let fresh = self.snapshot_rx.as_ref().is_none_or(|r| {
@@ -957,14 +1236,48 @@ impl Node {
         let bytes: Vec<u8> = rx.chunks.iter().flatten().flatten().copied().collect();
         self.snapshot_rx = None;
         match ClusterState::from_bytes(&bytes) {
-            Some(s) if s.epoch == epoch && s.digest() == digest && state_fits(&s, &self.cfg) => {
-                self.install(now, s, "caught up by snapshot".into(), Vec::new());
+            Some(s)
+                if s.epoch == epoch
+                    && s.digest() == digest
+                    && state_fits(&s, &self.cfg).is_ok() =>
+            {
+                if repair && !self.quorum_reports(epoch, digest) {
+                    // Our state differs from one peer's; adopt theirs only if
+                    // a quorum of members holds it (it is then the committed
+                    // one), else wait for the one that is wrong to repair.
+                    return;
+                }
+                let why = if repair {
+                    "state repaired by snapshot (it differed from a quorum's at the same epoch)"
+                } else {
+                    "caught up by snapshot"
+                };
+                self.install(now, s, why.into(), Vec::new());
             }
             _ => self.count_drop(DropReason::Malformed),
         }
     }
 
+    /// Whether at least a quorum of members (by their latest heartbeats)
+    /// report holding `(epoch, digest)`.
+    fn quorum_reports(&self, epoch: u64, digest: u64) -> bool {
+        let n = self
+            .peers
+            .iter()
+            .filter(|p| {
+                p.report
+                    .as_ref()
+                    .is_some_and(|h| h.epoch == epoch && h.digest == digest)
+            })
+            .count();
+        n >= quorum::needed(self.voters)
+    }
+
     fn on_prepare(&mut self, now: Time, from: u8, link: usize, epoch: u64, ballot: Ballot) {
+        if self.storage_failed {
+            // A vote must survive a restart; with no working disk, abstain.
+            return;
+        }
         let committed = self.state.epoch;
         if epoch <= committed {
             self.send_on(
@@ -1021,6 +1334,9 @@ impl Node {
         ballot: Ballot,
         ops: Vec<Op>,
     ) {
+        if self.storage_failed {
+            return;
+        }
         let committed = self.state.epoch;
         if epoch <= committed {
             self.send_on(
@@ -1070,7 +1386,9 @@ impl Node {
                 if let Some(p) = self.peer_index(id) {
                     self.peers[p].vouch = None;
                 }
-                ready_at = ready_at.max(self.started + self.cfg.dead_after_ns);
+                // Promises of earlier incarnations: the largest horizon
+                // this member ever advertised, counted from this start.
+                ready_at = ready_at.max(self.started + self.max_horizon);
                 if let Some(&(_, t)) = self.promise_until.iter().find(|(m, _)| *m == id) {
                     ready_at = ready_at.max(t);
                 }
@@ -1284,12 +1602,8 @@ impl Node {
             .state
             .member(me)
             .is_some_and(|m| m.standing == Standing::Fenced);
-        if self.cfg.failback == Failback::Manual
-            && is_fenced
-            && !was_fenced
-            && self.wish == Wish::Active
-        {
-            self.wish = Wish::Drained;
+        if self.cfg.failback == Failback::Manual && is_fenced && !was_fenced && !self.leaving {
+            self.failback_hold = true;
         }
         self.refresh_dataplane(now);
         // Tell everyone at once: their barriers wait for our confirmation.
@@ -1302,11 +1616,19 @@ impl Node {
             incarnation: self.incarnation,
             state: self.state.to_bytes(),
             acceptor: self.acceptor.clone(),
+            max_round: self.max_round,
+            max_horizon: self.max_horizon,
         };
-        if let Ok(state) = bincode::encode_to_vec(&p, bincode::config::standard()) {
-            // Only the latest matters; drop an unconsumed older one.
+        if let Ok(mut state) = bincode::encode_to_vec(&p, bincode::config::standard()) {
+            state.extend_from_slice(&checksum(&state));
+            // Only the latest matters; drop an unconsumed older one (its
+            // waiting transmits are released by this one's write).
+            self.persist_seq += 1;
             self.events.retain(|e| !matches!(e, Event::Persist { .. }));
-            self.events.push_back(Event::Persist { state });
+            self.events.push_back(Event::Persist {
+                seq: self.persist_seq,
+                state,
+            });
         }
     }
 
@@ -1319,7 +1641,7 @@ impl Node {
                 || self
                     .peer(m.id)
                     .and_then(|p| p.report.as_ref())
-                    .is_some_and(|h| h.epoch == self.state.epoch && h.digest == self.digest)
+                    .is_some_and(|h| reports(h, self.state.epoch, self.digest))
         })
     }
 
@@ -1381,6 +1703,9 @@ impl Node {
                 singles: next[b..].to_vec(),
             });
             self.dp = Some(next);
+            // Until the shell says otherwise (`install_failed`, before any
+            // transmit leaves), the data plane holds this.
+            self.installed = true;
         }
     }
 
@@ -1393,18 +1718,26 @@ impl Node {
 
     fn refresh_lease(&mut self, now: Time) {
         let serving = !self.stopped
+            && self.blocked().is_none()
             && self.state.participates(self.cfg.self_id)
             && self.state.epoch >= self.acceptor.floor(self.cfg.self_id);
         if !serving {
             self.revoke_lease();
             return;
         }
-        let mut vouched = vec![now.0];
-        vouched.extend(self.peers.iter().map(|p| p.echo_of_ours));
-        let Some(t) = quorum::quorum_time(vouched, quorum::needed(self.voters)) else {
+        // Each voter supports the end its own promise allows; ours is sized
+        // by our own timers only because we revoke before voting to fence
+        // ourselves (see `quorum`).
+        let mut ends = vec![quorum::voucher_end(now.0, self.cfg.dead_after_ns)];
+        ends.extend(
+            self.peers
+                .iter()
+                .map(|p| quorum::voucher_end(p.echo_of_ours, p.echo_horizon)),
+        );
+        let Some(t) = quorum::lease_end(ends, quorum::needed(self.voters)) else {
             return;
         };
-        let until = Time(t) + quorum::lease_ns(self.cfg.dead_after_ns);
+        let until = Time(t);
         if until > self.lease_emitted + self.cfg.heartbeat_interval_ns / 4 {
             self.lease_emitted = until;
             self.events.push_back(Event::Lease { until });
@@ -1445,10 +1778,7 @@ impl Node {
         self.refresh_liveness_events(now);
         self.coordinate(now);
         self.run_local(now);
-        if self.wish == Wish::Leave
-            && !self.stop_emitted
-            && !self.state.participates(self.cfg.self_id)
-        {
+        if self.leaving && !self.stop_emitted && !self.state.participates(self.cfg.self_id) {
             self.stopped = true;
             self.stop_emitted = true;
             self.refresh_dataplane(now);
@@ -1522,7 +1852,7 @@ impl Node {
     /// Whether this node should propose: it has quorum, is caught up, and no
     /// lower-id voter that is alive and caught up exists.
     fn is_coordinator(&self, now: Time) -> bool {
-        if self.stopped || !self.has_quorum(now) {
+        if self.stopped || self.blocked().is_some() || !self.has_quorum(now) {
             return false;
         }
         for p in &self.peers {
@@ -1583,6 +1913,9 @@ impl Node {
             return;
         }
         self.max_round += 1;
+        // The round is persisted before the Prepare leaves (it waits for
+        // this write), so a restarted proposer never reuses a ballot.
+        self.persist();
         let epoch = self.state.epoch + 1;
         let ballot = epoch::ballot(self.max_round, self.cfg.self_id);
         self.proposal = Some(Proposal {
@@ -1622,7 +1955,7 @@ impl Node {
                 (
                     true,
                     false,
-                    self.wish,
+                    self.wish(),
                     w,
                     self.handoff_done,
                     self.rebalance_requests,
@@ -1701,7 +2034,11 @@ impl Node {
     // -------------------------------------------------------------- sending
 
     fn send_heartbeats(&mut self, now: Time) {
-        if self.stop_emitted {
+        if self.stop_emitted || self.blocked().is_some() {
+            // A node that cannot write its state or install its map goes
+            // silent (no datagram at all, see `send_on`), so the others
+            // fence it and serve its buckets rather than leave them
+            // unserved; it rejoins once it recovers.
             return;
         }
         let summary = self.summary();
@@ -1713,6 +2050,10 @@ impl Node {
             .iter()
             .find(|m| m.id == self.cfg.self_id)
             .map_or(1, |m| m.weight);
+        // Advertise only a horizon a restart would keep (durable), and never
+        // more than the promise we actually keep now (`dead_after`).
+        let echo_horizon = self.cfg.dead_after_ns.min(self.durable_horizon);
+        let wish = self.wish();
         for i in 0..self.peers.len() {
             let p = &self.peers[i];
             let (echo, echo_incarnation) = match p.vouch {
@@ -1723,9 +2064,11 @@ impl Node {
                 sent_at: now.0,
                 echo,
                 echo_incarnation,
+                echo_horizon,
                 epoch: self.state.epoch,
                 digest: self.digest,
-                wish: self.wish,
+                installed: self.installed,
+                wish,
                 weight,
                 handoff_done: self.handoff_done,
                 rebalance_requests: self.rebalance_requests,
@@ -1760,11 +2103,23 @@ impl Node {
     }
 
     fn send_on(&mut self, to: u8, link: usize, body: Body) {
+        if self.blocked().is_some() {
+            // Silent while blocked: see `send_heartbeats`.
+            return;
+        }
         if to == self.cfg.self_id {
             self.local.push_back((to, body));
             return;
         }
         self.seq += 1;
+        // Heartbeats wait only for the first write, which records this
+        // incarnation: a restart whose incarnation was never written could
+        // reuse it after a clock step, and be taken for a replay.
+        let after_persist = if matches!(body, Body::Heartbeat(_)) {
+            self.persist_seq.min(1)
+        } else {
+            self.persist_seq
+        };
         let msg = Message {
             header: Header {
                 from: self.cfg.self_id,
@@ -1779,7 +2134,12 @@ impl Node {
             self.sent_bytes += bytes.len() as u64;
             self.sent_datagrams += 1;
             let link = link.min(self.links_to(to) - 1);
-            self.transmits.push_back(Transmit { to, link, bytes });
+            self.transmits.push_back(Transmit {
+                to,
+                link,
+                bytes,
+                after_persist,
+            });
         }
     }
 
@@ -1808,14 +2168,82 @@ fn limit(current: u8, desired: u8) -> u8 {
     }
 }
 
-fn state_fits(s: &ClusterState, cfg: &Config) -> bool {
-    s.owner.len() == cfg.slots()
-        && s.buckets == cfg.buckets
-        && s.members.len() == cfg.members.len()
-        && s.members
+/// Whether a peer's heartbeat says its data plane holds `(epoch, digest)`.
+fn reports(h: &Heartbeat, epoch: u64, digest: u64) -> bool {
+    h.installed && h.epoch == epoch && h.digest == digest
+}
+
+/// Checks a state from a snapshot or a state file against our config before
+/// anything uses it: a state that decodes may still come from another
+/// layout, or (from a key holder) be crafted to make assignment index out of
+/// range.
+fn state_fits(s: &ClusterState, cfg: &Config) -> Result<(), String> {
+    if s.buckets != cfg.buckets || s.owner.len() != cfg.slots() || s.prev.len() != s.owner.len() {
+        return Err(format!(
+            "{} buckets and {} slots, configured {} and {}",
+            s.buckets,
+            s.owner.len(),
+            cfg.buckets,
+            cfg.slots()
+        ));
+    }
+    if s.members.len() != cfg.members.len()
+        || !s
+            .members
             .iter()
             .zip(&cfg.members)
             .all(|(a, b)| a.id == b.id && a.role == b.role)
+    {
+        return Err("members or roles differ from the configured ones".into());
+    }
+    if s.priorities != cfg.single_slots {
+        return Err("single-slot priority lists differ from the configured ones".into());
+    }
+    if let Some(m) = s.members.iter().find(|m| !(1..=10_000).contains(&m.weight)) {
+        return Err(format!("member {} has weight {}", m.id, m.weight));
+    }
+    let known = |id: u8| id == 0 || s.members.iter().any(|m| m.id == id);
+    if let Some(id) = s.owner.iter().chain(&s.prev).find(|&&id| !known(id)) {
+        return Err(format!("a slot names unknown member {id}"));
+    }
+    Ok(())
+}
+
+/// Length of the checksum that ends a persisted state.
+const CHECKSUM_LEN: usize = 8;
+
+/// First bytes of SHA-256: a torn or bit-flipped state file is refused
+/// rather than restored with silently different promises.
+fn checksum(body: &[u8]) -> [u8; CHECKSUM_LEN] {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(body);
+    let mut c = [0u8; CHECKSUM_LEN];
+    c.copy_from_slice(&d[..CHECKSUM_LEN]);
+    c
+}
+
+/// The persisted bytes without their checksum, if it matches.
+fn checked_body(bytes: &[u8]) -> Option<&[u8]> {
+    let split = bytes.len().checked_sub(CHECKSUM_LEN)?;
+    let (body, sum) = bytes.split_at(split);
+    (checksum(body) == sum).then_some(body)
+}
+
+/// Reads the version field of a persisted state without decoding the rest,
+/// so another version is named rather than reported as corruption.
+fn decode_version(bytes: &[u8]) -> Option<u32> {
+    let cfg = bincode::config::standard().with_limit::<64>();
+    bincode::decode_from_slice::<u32, _>(bytes, cfg)
+        .ok()
+        .map(|(v, _)| v)
+}
+
+/// The parts of a persisted state `build` resumes from.
+#[derive(Default)]
+struct Restored {
+    acceptor: Acceptor,
+    max_round: u64,
+    max_horizon: u64,
 }
 
 fn moved_summary(before: &ClusterState, after: &ClusterState) -> String {

@@ -9,12 +9,20 @@
 //!
 //! # Vouching
 //! Each heartbeat carries the sender's clock `sent_at`. A receiver *vouches*
-//! for the latest `sent_at` it received from a peer by echoing it back, and
-//! from then on promises not to accept an epoch that fences that peer until
-//! its own clock shows `dead_after` after the receipt. A node's lease may
-//! extend to `T + L`, where `T` is the largest of its own timestamps vouched
-//! for by a quorum of voters (itself included, vouching for "now"), and
-//! `L = lease_ns(dead_after)`.
+//! for the latest `sent_at` it received from a peer by echoing it back
+//! together with its *promise horizon* `h` (its own `dead_after` at the time
+//! of receipt), and from then on promises not to accept an epoch that fences
+//! that peer until its own clock shows `h` after the receipt. Each voucher
+//! `C` thus bounds the peer's lease by `t_C + L(h_C)`, where
+//! `L(h) = lease_ns(h)`; the node itself contributes `now + L(own)` (it
+//! revokes its own lease before it can vote for its own fence). The lease is
+//! the largest end that a quorum of voters supports: the `needed`-th largest
+//! of these per-voter ends ([`lease_end`]).
+//!
+//! The horizon travels with the echo so that no node ever sizes its lease
+//! from its *own* timers: a node whose `dead_after` was raised (a reload, a
+//! restart with another config) cannot stretch promises its peers made
+//! under smaller timers.
 //!
 //! # Proof sketch (S2, S3)
 //! Slots of a member `X` move without `X`'s cooperation only through a
@@ -23,17 +31,24 @@
 //! installs that epoch) before its vote left, so only `C ≠ X` matter below.
 //! Each acceptor `C` in `Qf`, on seeing the proposal, stops vouching for `X`
 //! at any epoch before the fencing one (its *floor*) and accepts only when its
-//! clock shows `dead_after` since it received the `sent_at` it last vouched
-//! for. `X`'s lease `T + L` needs a quorum vouching for `≥ T`; it intersects
-//! `Qf` in some `C`; if `C = X` we are done, else `C`'s vouched timestamp `t ≥ T` was sent by `X` at
-//! real time `r(t)` and received no earlier. So `C` accepted at real time
-//! `≥ r(t) + dead_after/(1+ε)`, while `X`'s lease ends, by `X`'s own clock,
-//! at real time `≤ r(T) + L/(1−ε) ≤ r(t) + L/(1−ε)`. With
-//! `L < dead_after·(1−ε)/(1+ε)` the lease has expired before the epoch can be
-//! committed, hence before any survivor installs it. A node without quorum
-//! gets no fresh vouching and its lease runs out within `L` (S2). A restarted
-//! node does not accept fencing before `dead_after` after its start, so the
-//! promises of its previous incarnation are kept too (same monotonic clock).
+//! clock shows `h_C` since it received the `sent_at` it last vouched for.
+//! `X`'s lease end `E` needs a quorum whose per-voter ends are all `≥ E`; it
+//! intersects `Qf` in some `C`; if `C = X` we are done, else `C`'s vouched
+//! timestamp `t` with `t + L(h_C) ≥ E` was sent by `X` at real time `r(t)`
+//! and received no earlier. So `C` accepted at real time
+//! `≥ r(t) + h_C/(1+ε)`, while `X`'s lease ends, by `X`'s own clock, at real
+//! time `≤ r(t) + L(h_C)/(1−ε)`. With `L(h) < h·(1−ε)/(1+ε)` the lease has
+//! expired before the epoch can be committed, hence before any survivor
+//! installs it. A node without quorum gets no fresh vouching and its lease
+//! runs out within `L` (S2).
+//!
+//! # Restarts
+//! A restarted node does not accept fencing before `H` after its start,
+//! where `H` is the largest horizon it ever advertised: the node persists
+//! `H` and advertises a horizon only once it is durable, so the promises of
+//! every previous incarnation are kept however its timers changed. Clocks
+//! are the boot-time clock (`CLOCK_BOOTTIME`), which keeps counting through
+//! suspend, so a suspended node's lease and promises run out in real time.
 
 /// Assumed bound on clock-rate error of any node, in parts per million.
 pub const MAX_CLOCK_SKEW_PPM: u64 = 10_000;
@@ -57,14 +72,24 @@ pub fn needed(voters: usize) -> usize {
     voters / 2 + 1
 }
 
-/// The latest `T` vouched for by at least `needed` voters, given each
-/// voter's vouched timestamp (0 = none). `None` if no quorum vouches.
-pub fn quorum_time(mut vouched: Vec<u64>, needed: usize) -> Option<u64> {
-    if needed == 0 || vouched.len() < needed {
+/// The end one voucher supports: its echo of our timestamp `echo` (0 =
+/// none) plus the lease its promise horizon allows.
+pub fn voucher_end(echo: u64, horizon_ns: u64) -> u64 {
+    if echo == 0 || horizon_ns == 0 {
+        0
+    } else {
+        echo.saturating_add(lease_ns(horizon_ns))
+    }
+}
+
+/// The latest lease end supported by at least `needed` voters, given each
+/// voter's supported end (0 = none). `None` if no quorum supports one.
+pub fn lease_end(mut ends: Vec<u64>, needed: usize) -> Option<u64> {
+    if needed == 0 || ends.len() < needed {
         return None;
     }
-    vouched.sort_unstable_by(|a, b| b.cmp(a));
-    let t = vouched[needed - 1];
+    ends.sort_unstable_by(|a, b| b.cmp(a));
+    let t = ends[needed - 1];
     (t > 0).then_some(t)
 }
 
@@ -82,10 +107,23 @@ mod tests {
     }
 
     #[test]
-    fn quorum_time_is_the_needed_th_largest_vouch() {
-        assert_eq!(quorum_time(vec![10, 30, 20], 2), Some(20));
-        assert_eq!(quorum_time(vec![10, 0, 0], 2), None);
-        assert_eq!(quorum_time(vec![5, 0, 9, 7, 0], 3), Some(5));
+    fn lease_end_is_the_needed_th_largest_supported_end() {
+        assert_eq!(lease_end(vec![10, 30, 20], 2), Some(20));
+        assert_eq!(lease_end(vec![10, 0, 0], 2), None);
+        assert_eq!(lease_end(vec![5, 0, 9, 7, 0], 3), Some(5));
+    }
+
+    #[test]
+    fn a_voucher_with_a_shorter_horizon_supports_a_shorter_lease() {
+        let ms = 1_000_000;
+        assert_eq!(voucher_end(0, 250 * ms), 0, "no echo, no support");
+        assert_eq!(voucher_end(7, 0), 0, "no horizon, no support");
+        assert!(voucher_end(1000, 250 * ms) < voucher_end(1000, 1000 * ms));
+        // A node whose own dead_after is 1 s but whose peers promised only
+        // 250 ms gets a lease sized by the peers.
+        let own = 5000 + lease_ns(1000 * ms);
+        let peer = voucher_end(5000, 250 * ms);
+        assert_eq!(lease_end(vec![own, peer, 0], 2), Some(peer));
     }
 
     #[test]

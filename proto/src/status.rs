@@ -108,6 +108,12 @@ pub struct Status {
     pub sent_bytes: u64,
     /// Datagrams sent since start.
     pub sent_datagrams: u64,
+    /// What keeps this node fenced and silent besides quorum and lease
+    /// (a failed state write or data-plane install), if anything.
+    pub blocked: Option<&'static str>,
+    /// Why this node asks to be drained (operator, health check, manual
+    /// failback hold); empty when it wants to serve.
+    pub drain_reasons: Vec<&'static str>,
 }
 
 /// Inclusive ranges of `true` runs.

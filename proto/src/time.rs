@@ -1,14 +1,17 @@
-//! Time as the core sees it: nanoseconds on the caller's monotonic clock.
+//! Time as the core sees it: nanoseconds on the caller's steady clock.
 //!
 //! The core never reads a clock. The shell passes `now` into every call, taken
-//! from `CLOCK_MONOTONIC`: the same clock the XDP program reads with
-//! `bpf_ktime_get_ns`, so a lease deadline computed here can be written to the
-//! data plane's lease word unchanged.
+//! from `CLOCK_BOOTTIME`: the same clock the XDP program reads with
+//! `bpf_ktime_get_boot_ns`, so a lease deadline computed here can be written
+//! to the data plane's lease word unchanged. Unlike `CLOCK_MONOTONIC` it
+//! keeps counting through suspend, so leases and promises run out in real
+//! elapsed time. (A hypervisor that freezes and restores a guest's clocks
+//! across a pause hides the pause from every guest clock: see the README.)
 
 use core::fmt;
 use core::ops::{Add, Sub};
 
-/// A point on this node's monotonic clock, in nanoseconds.
+/// A point on this node's steady clock (`CLOCK_BOOTTIME`), in nanoseconds.
 ///
 /// Times from different nodes are never compared: a timestamp that travels
 /// over the wire only ever comes back to the node that made it (see

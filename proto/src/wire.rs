@@ -17,8 +17,10 @@ use bincode::{Decode, Encode};
 
 /// Leading bytes of every datagram; cheap rejection of stray traffic.
 pub const MAGIC: [u8; 2] = *b"XN";
-/// Wire version; a node drops datagrams of any other version.
-pub const VERSION: u8 = 1;
+/// Wire version; a node drops datagrams of any other version. Version 2
+/// added the voucher's promise horizon and the installed flag to heartbeats
+/// and the requester's digest to sync requests.
+pub const VERSION: u8 = 2;
 /// Largest datagram the protocol sends (fits a 1500-byte MTU with headroom
 /// for IPv6, UDP and tunnels).
 pub const MAX_DATAGRAM: usize = 1400;
@@ -87,10 +89,17 @@ pub struct Heartbeat {
     pub echo: u64,
     /// Destination incarnation the echo belongs to.
     pub echo_incarnation: u64,
+    /// How long after receiving `echo` the sender promises not to accept an
+    /// epoch that fences the destination (ns): the destination sizes its
+    /// lease from this, never from its own timers (see [`crate::quorum`]).
+    pub echo_horizon: u64,
     /// Epoch and digest of the state the sender has installed.
     pub epoch: u64,
     /// Digest of that state.
     pub digest: u64,
+    /// Whether the sender's data plane holds that state. False after a
+    /// failed install: nobody may pass a barrier on the sender's word then.
+    pub installed: bool,
     /// What the sender wants.
     pub wish: Wish,
     /// Sender's own configured weight.
@@ -226,6 +235,9 @@ pub enum Body {
     SyncRequest {
         /// Requester's committed epoch.
         have: u64,
+        /// Digest of the requester's state: at an equal epoch, a different
+        /// digest asks for a snapshot (divergence repair).
+        digest: u64,
     },
     /// Part of a serialized state.
     SnapshotChunk {
@@ -377,8 +389,10 @@ mod tests {
                 sent_at: u64::MAX,
                 echo: u64::MAX,
                 echo_incarnation: u64::MAX,
+                echo_horizon: u64::MAX,
                 epoch: u64::MAX,
                 digest: u64::MAX,
+                installed: true,
                 wish: Wish::Active,
                 weight: 10_000,
                 handoff_done: u64::MAX,

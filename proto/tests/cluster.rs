@@ -2,15 +2,30 @@
 //! agent-facing behaviour of `Node`.
 
 use xnlb_common::slot_state::{NOT_OWNED, OWNED};
+use xnlb_proto::wire::{self, Body};
 use xnlb_proto::{Config, Event, MemberConfig, Node, NodeState, Role, Time};
 
 const MS: u64 = 1_000_000;
 
 struct Cluster {
     nodes: Vec<Option<Node>>,
+    configs: Vec<Config>,
     now: u64,
     states: Vec<Vec<u8>>,
     leases: Vec<u64>,
+    /// Last state each node wrote (what a restart reads).
+    saved: Vec<Option<Vec<u8>>>,
+    /// Writes of this node fail.
+    disk_broken: Vec<bool>,
+    /// Installs of this node fail.
+    install_broken: Vec<bool>,
+    /// This node's datagrams are lost.
+    mute: Vec<bool>,
+    /// Every datagram body each node sent (decoded).
+    sent: Vec<Vec<Body>>,
+    /// Highest write that landed, per node (datagrams waiting for a later
+    /// one are dropped: this shell writes synchronously).
+    durable: Vec<u64>,
 }
 
 impl Cluster {
@@ -25,18 +40,94 @@ impl Cluster {
                 addrs: 1,
             })
             .collect();
-        let nodes = (0..roles.len())
+        let configs: Vec<Config> = (0..roles.len())
             .map(|i| {
                 let mut c = Config::with_defaults(i as u8 + 1, members.clone());
                 c.buckets = buckets;
-                Some(Node::new(c, Time(0), 1).expect("valid config"))
+                c
             })
             .collect();
+        let nodes = configs
+            .iter()
+            .map(|c| Some(Node::new(c.clone(), Time(0), 1).expect("valid config")))
+            .collect();
+        let n = roles.len();
         Cluster {
             nodes,
+            configs,
             now: 0,
-            states: vec![vec![NOT_OWNED; buckets as usize]; roles.len()],
-            leases: vec![0; roles.len()],
+            states: vec![vec![NOT_OWNED; buckets as usize]; n],
+            leases: vec![0; n],
+            saved: vec![None; n],
+            disk_broken: vec![false; n],
+            install_broken: vec![false; n],
+            mute: vec![false; n],
+            sent: vec![Vec::new(); n],
+            durable: vec![0; n],
+        }
+    }
+
+    /// Kills node `i` and starts it again from its last written state.
+    fn restart(&mut self, i: usize, incarnation: u64) {
+        let bytes = self.saved[i].clone().expect("node wrote its state");
+        self.nodes[i] = Some(
+            Node::restore(self.configs[i].clone(), Time(self.now), incarnation, &bytes)
+                .expect("restorable"),
+        );
+        self.durable[i] = 0;
+    }
+
+    fn node(&mut self, i: usize) -> &mut Node {
+        self.nodes[i].as_mut().expect("running")
+    }
+
+    fn status(&self, i: usize) -> xnlb_proto::Status {
+        self.nodes[i]
+            .as_ref()
+            .map(|n| n.status(Time(self.now)))
+            .expect("running")
+    }
+
+    /// Applies node `i`'s events as a shell would: writes and installs are
+    /// reported back, failing where broken.
+    fn shell(&mut self, i: usize, now: Time) {
+        let Some(n) = self.nodes[i].as_mut() else {
+            return;
+        };
+        loop {
+            let mut reports = Vec::new();
+            let mut install_failed = false;
+            while let Some(e) = n.poll_event() {
+                match e {
+                    Event::Install { states, .. } => {
+                        if self.install_broken[i] {
+                            install_failed = true;
+                        } else {
+                            self.states[i] = states;
+                        }
+                    }
+                    Event::Lease { until } => self.leases[i] = until.0,
+                    Event::Persist { seq, state } => {
+                        if !self.disk_broken[i] {
+                            self.saved[i] = Some(state);
+                        }
+                        reports.push((seq, !self.disk_broken[i]));
+                    }
+                    _ => {}
+                }
+            }
+            if reports.is_empty() && !install_failed {
+                return;
+            }
+            if install_failed {
+                n.install_failed(now);
+            }
+            for (seq, ok) in reports {
+                if ok {
+                    self.durable[i] = self.durable[i].max(seq);
+                }
+                n.persisted(now, seq, ok);
+            }
         }
     }
 
@@ -46,8 +137,10 @@ impl Cluster {
             self.now += MS;
             let now = Time(self.now);
             let mut mail = Vec::new();
-            for (i, n) in self.nodes.iter_mut().enumerate() {
-                let Some(n) = n else { continue };
+            for i in 0..self.nodes.len() {
+                let Some(n) = self.nodes[i].as_mut() else {
+                    continue;
+                };
                 if n.poll_timeout().is_some_and(|t| t <= now) {
                     n.handle_timeout(now);
                 }
@@ -55,21 +148,29 @@ impl Cluster {
                 if self.states[i].contains(&xnlb_common::slot_state::RELEASING) {
                     n.report_tracked_flows(now, 0);
                 }
-                while let Some(e) = n.poll_event() {
-                    match e {
-                        Event::Install { states, .. } => self.states[i] = states,
-                        Event::Lease { until } => self.leases[i] = until.0,
-                        _ => {}
-                    }
-                }
+                self.shell(i, now);
+                let auth = xnlb_proto::auth::Authenticator::new(&self.configs[i].key);
+                let Some(n) = self.nodes[i].as_mut() else {
+                    continue;
+                };
                 while let Some(t) = n.poll_transmit() {
-                    mail.push(t);
+                    if t.after_persist > self.durable[i] {
+                        continue;
+                    }
+                    if let Ok(m) = wire::decode(&auth, &t.bytes) {
+                        self.sent[i].push(m.body);
+                    }
+                    if !self.mute[i] {
+                        mail.push(t);
+                    }
                 }
             }
             for t in mail {
-                if let Some(Some(n)) = self.nodes.get_mut(t.to as usize - 1) {
+                let to = t.to as usize - 1;
+                if let Some(Some(n)) = self.nodes.get_mut(to) {
                     n.handle_datagram(now, t.link, &t.bytes);
                 }
+                self.shell(to, now);
             }
         }
     }
@@ -180,4 +281,316 @@ fn drain_then_resume_moves_buckets_away_and_back() {
         .expect("running");
     let owned = (0..300).filter(|&b| c.owners(b) == vec![2]).count();
     assert_eq!(owned, 100, "{s:?}");
+}
+
+/// Prepare ballots node `i` sent for `epoch`.
+fn prepares(c: &Cluster, i: usize, epoch: u64) -> Vec<u64> {
+    c.sent[i]
+        .iter()
+        .filter_map(|b| match b {
+            Body::Prepare { epoch: e, ballot } if *e == epoch => Some(*ballot),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_proposer_restarted_mid_round_never_reuses_a_ballot() {
+    let mut c = Cluster::new(&[Role::Active; 3], 64);
+    c.run(1000);
+    let epoch = c.status(0).epoch + 1;
+    // Node 3 asks to drain; node 1 (the coordinator) proposes, but its
+    // datagrams are lost and it crashes before any is heard.
+    c.mute[0] = true;
+    let t = Time(c.now);
+    c.node(2).drain(t, Some(0));
+    let mut first = Vec::new();
+    for _ in 0..500 {
+        c.run(1);
+        first = prepares(&c, 0, epoch);
+        if !first.is_empty() {
+            break;
+        }
+    }
+    assert!(!first.is_empty(), "node 1 proposed epoch {epoch}");
+    c.sent[0].clear();
+    c.restart(0, 2);
+    c.mute[0] = false;
+    c.run(1000);
+    let again = prepares(&c, 0, epoch);
+    assert!(
+        !again.is_empty(),
+        "the restarted node proposes epoch {epoch} again"
+    );
+    let used = first.iter().max().copied().unwrap_or(0);
+    assert!(
+        again.iter().all(|&b| b > used),
+        "ballots after the restart {again:x?} must all exceed {used:#x}, used before it"
+    );
+}
+
+/// Whether node `i` sent any vote (Promise or Accepted) since `from`.
+fn votes_since(c: &Cluster, i: usize, from: usize) -> usize {
+    c.sent[i][from..]
+        .iter()
+        .filter(|b| matches!(b, Body::Promise { .. } | Body::Accepted { .. }))
+        .count()
+}
+
+#[test]
+fn a_failed_state_write_fences_the_node_stops_its_votes_and_lets_the_others_serve() {
+    let mut c = Cluster::new(&[Role::Active; 3], 64);
+    c.run(1000);
+    assert_eq!(c.status(1).state, NodeState::Active);
+    c.disk_broken[1] = true;
+    // Any vote needs a write; an epoch is needed to move node 2's buckets.
+    let mark = c.sent[1].len();
+    let t = Time(c.now);
+    c.node(2).rebalance(t);
+    for _ in 0..600 {
+        c.run(1);
+        assert!((0..64).all(|b| c.owners(b).len() <= 1));
+    }
+    assert_eq!(
+        votes_since(&c, 1, mark),
+        0,
+        "a node whose writes fail must not vote"
+    );
+    assert!(c.leases[1] <= c.now, "its lease is revoked");
+    assert_eq!(c.status(1).state, NodeState::Fenced);
+    assert!(
+        (0..64).all(|b| c.owners(b).len() == 1 && c.owners(b)[0] != 1),
+        "the others fenced it and serve its buckets"
+    );
+    c.disk_broken[1] = false;
+    c.run(1500);
+    assert_eq!(c.status(1).state, NodeState::Active);
+    assert!(c.leases[1] > c.now);
+    assert!((0..64).all(|b| c.owners(b).len() == 1));
+    assert!((21..=22).contains(&(0..64).filter(|&b| c.owners(b) == vec![1]).count()));
+}
+
+#[test]
+fn a_failed_install_is_not_reported_and_fences_the_node_until_an_install_succeeds() {
+    let mut c = Cluster::new(&[Role::Active; 3], 60);
+    c.run(1000);
+    let epoch = c.status(1).epoch;
+    c.install_broken[1] = true;
+    let t = Time(c.now);
+    c.node(2).drain(t, Some(0));
+    for _ in 0..1000 {
+        c.run(1);
+        // Node 2's data plane still holds the old map: nobody may take a
+        // bucket on its word, and it serves nothing once it failed.
+        for b in 0..60 {
+            assert!(c.owners(b).len() <= 1, "bucket {b} served twice");
+        }
+        // (An epoch that changes nothing in node 2's table needs no install.)
+        if c.nodes[1].as_ref().is_some_and(|n| n.blocked().is_some()) {
+            assert!(
+                c.leases[1] <= c.now,
+                "node 2 must stay fenced: t={} {}",
+                c.now / MS,
+                c.nodes[1]
+                    .as_ref()
+                    .map(|n| n.debug_line(Time(c.now)))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    assert!(c.status(1).epoch > epoch);
+    assert_eq!(c.status(1).state, NodeState::Fenced);
+    assert!(
+        (0..60).all(|b| c.owners(b) == vec![0]),
+        "node 1 serves what nodes 2 and 3 gave up: {:?} {}",
+        (0..60).map(|b| c.owners(b)).collect::<Vec<_>>(),
+        c.nodes
+            .iter()
+            .map(|n| n
+                .as_ref()
+                .map(|n| n.debug_line(Time(c.now)))
+                .unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    c.install_broken[1] = false;
+    c.run(1500);
+    assert!(c.leases[1] > c.now);
+    assert!((0..60).all(|b| c.owners(b).len() == 1 && c.owners(b)[0] != 2));
+    assert_eq!((0..60).filter(|&b| c.owners(b) == vec![1]).count(), 30);
+}
+
+#[test]
+fn a_node_with_a_divergent_state_at_the_same_epoch_is_not_vouched_for_and_is_repaired() {
+    // History B: only nodes 1 and 2 formed epoch 1, so node 2 owns half.
+    let mut b = Cluster::new(&[Role::Active; 3], 90);
+    b.nodes[2] = None;
+    b.run(1000);
+    assert_eq!(b.status(1).epoch, 1);
+    let other_history = b.saved[1].clone().expect("written");
+    // History A: all three formed epoch 1 together.
+    let mut c = Cluster::new(&[Role::Active; 3], 90);
+    c.run(1000);
+    assert_eq!(c.status(1).epoch, 1);
+    // Node 2 restarts from B's state: same epoch, another map.
+    c.saved[1] = Some(other_history);
+    c.restart(1, 5);
+    for _ in 0..2000 {
+        c.run(1);
+        for bk in 0..90 {
+            assert!(
+                c.owners(bk).len() <= 1,
+                "bucket {bk} served by {:?} at t={} ms",
+                c.owners(bk),
+                c.now / MS
+            );
+        }
+    }
+    assert_eq!((0..90).filter(|&b| c.owners(b) == vec![1]).count(), 30);
+    assert!((0..90).all(|b| c.owners(b).len() == 1));
+}
+
+#[test]
+fn raising_dead_after_on_one_node_does_not_stretch_its_lease_beyond_its_peers_promises() {
+    let mut c = Cluster::new(&[Role::Active; 3], 64);
+    c.run(1000);
+    let mut cfg = c.configs[0].clone();
+    cfg.dead_after_ns = 2000 * MS;
+    c.configs[0] = cfg.clone();
+    let t = Time(c.now);
+    c.node(0).reconfigure(t, cfg).expect("same fingerprint");
+    let peers_lease = xnlb_proto::quorum::lease_ns(250 * MS);
+    for _ in 0..1000 {
+        c.run(1);
+        assert!(
+            c.leases[0] <= c.now + peers_lease,
+            "lease {} ms ahead, peers promised only {} ms",
+            (c.leases[0] - c.now) / MS,
+            peers_lease / MS
+        );
+    }
+    assert!(c.leases[0] > c.now, "it still serves");
+}
+
+#[test]
+fn a_recovering_health_check_ends_neither_an_operator_drain_nor_a_failback_hold() {
+    let mut c = Cluster::new(&[Role::Active; 3], 30);
+    c.run(1000);
+    let t = Time(c.now);
+    c.node(2).set_health_drain(t, true);
+    c.node(2).drain(t, None);
+    c.run(500);
+    assert_eq!(c.status(2).state, NodeState::Drained);
+    let t = Time(c.now);
+    c.node(2).set_health_drain(t, false);
+    c.run(500);
+    assert_eq!(
+        c.status(2).state,
+        NodeState::Drained,
+        "the operator's drain outlives the health check"
+    );
+    // Resume while the check fails again: still drained until it passes.
+    let t = Time(c.now);
+    c.node(2).set_health_drain(t, true);
+    c.node(2).resume(t);
+    c.run(500);
+    assert_eq!(c.status(2).state, NodeState::Drained);
+    assert_eq!(c.node(2).drain_reasons(), vec!["health check failing"]);
+    let t = Time(c.now);
+    c.node(2).set_health_drain(t, false);
+    c.run(500);
+    assert_eq!(c.status(2).state, NodeState::Active);
+}
+
+#[test]
+fn restore_refuses_corrupt_truncated_and_other_version_state_and_says_which() {
+    let mut c = Cluster::new(&[Role::Active; 3], 64);
+    c.run(500);
+    let good = c.saved[0].clone().expect("written");
+    let cfg = c.configs[0].clone();
+    let err = |bytes: &[u8]| {
+        Node::restore(cfg.clone(), Time(0), 9, bytes)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "accepted".into())
+    };
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 1;
+    assert!(err(&flipped).contains("checksum"), "{}", err(&flipped));
+    assert!(err(&good[..good.len() - 3]).contains("checksum"));
+    assert!(err(&[]).contains("not an xnlb state file"));
+    let mut v1 = good.clone();
+    v1[0] = 1;
+    assert!(err(&v1).contains("version 1"), "{}", err(&v1));
+    let mut other = c.configs[0].clone();
+    other.buckets = 128;
+    let e = Node::restore(other, Time(0), 9, &good)
+        .err()
+        .map(|e| e.to_string());
+    assert!(e.is_some_and(|e| e.contains("layout")));
+    assert!(Node::restore(cfg, Time(0), 9, &good).is_ok());
+}
+
+#[test]
+fn a_restart_with_the_wall_clock_stepped_back_still_gets_a_larger_incarnation() {
+    let mut c = Cluster::new(&[Role::Active; 3], 64);
+    c.run(500);
+    let before = c.nodes[0].as_ref().map(|n| n.incarnation()).unwrap_or(0);
+    c.restart(0, 1); // the clock says "1": earlier than the last start
+    let after = c.nodes[0].as_ref().map(|n| n.incarnation()).unwrap_or(0);
+    assert!(after > before, "{after} must exceed {before}");
+    c.run(1000);
+    assert_eq!(c.status(0).state, NodeState::Active, "peers accept it");
+}
+
+#[test]
+fn a_key_holders_snapshot_with_foreign_priority_lists_is_refused_not_applied() {
+    let mut c = Cluster::new(&[Role::Active; 3], 64);
+    c.run(1000);
+    let mut forged = c.nodes[0]
+        .as_ref()
+        .map(|n| n.cluster_state().clone())
+        .expect("running");
+    forged.epoch += 5;
+    // One more priority list than slots: assignment would index past the
+    // end of the map.
+    forged.priorities.push(vec![1, 2]);
+    let bytes = forged.to_bytes();
+    let msg = wire::Message {
+        header: wire::Header {
+            from: 2,
+            to: 1,
+            incarnation: c.nodes[1].as_ref().map_or(1, |n| n.incarnation()),
+            seq: 1 << 40,
+            fingerprint: c.configs[0].fingerprint,
+        },
+        body: Body::SnapshotChunk {
+            epoch: forged.epoch,
+            digest: forged.digest(),
+            index: 0,
+            count: 1,
+            data: bytes,
+        },
+    };
+    let auth = xnlb_proto::auth::Authenticator::new(&c.configs[0].key);
+    let datagram = wire::encode(&auth, &msg).expect("fits a datagram");
+    let t = Time(c.now);
+    c.node(0).handle_datagram(t, 0, &datagram);
+    let t = Time(c.now);
+    c.node(2).drain(t, Some(0)); // make the cluster apply ops on top of it
+    c.run(1000);
+    let s = c.status(0);
+    let held = c.nodes[0].as_ref().map(|n| n.cluster_state().clone());
+    assert!(
+        held.is_some_and(|h| h.priorities.is_empty()),
+        "the forged state was adopted"
+    );
+    assert_eq!(
+        c.nodes[0].as_ref().map(|n| n.digest()),
+        c.nodes[1].as_ref().map(|n| n.digest())
+    );
+    assert!(s.dropped.iter().any(|(r, n)| *r == "malformed" && *n > 0));
+    // (The forged sequence number also poisons node 1's replay window for
+    // member 2, as any key holder could: no overlap is what must hold.)
+    assert!((0..64).all(|b| c.owners(b).len() <= 1));
 }

@@ -660,6 +660,29 @@ impl Cluster {
         assert!(o.is_empty(), "{when}: datagrams accepted twice: {o:?}");
     }
 
+    /// Rewrites node `id`'s config file through `edit`, as an operator
+    /// editing one node's file; [`Cluster::reload`] then applies it.
+    pub fn edit_config(&self, id: u8, edit: impl FnOnce(String) -> String) {
+        let path = &self
+            .nodes
+            .iter()
+            .find(|n| n.spec.id == id)
+            .expect("node")
+            .config;
+        let text = std::fs::read_to_string(path).expect("config");
+        std::fs::write(path, edit(text)).expect("config");
+    }
+
+    /// Node `id`'s `node.state_dir`.
+    pub fn state_dir(&self, id: u8) -> PathBuf {
+        self.dir.join(format!("state{id}"))
+    }
+
+    /// Node `id`'s whole agent log.
+    pub fn log(&self, id: u8) -> String {
+        std::fs::read_to_string(self.dir.join(format!("agent{id}.log"))).unwrap_or_default()
+    }
+
     /// UDP ids accepted by more than one node (an overlap: must be empty).
     pub fn overlaps(&self) -> Vec<(u64, Vec<u8>)> {
         let udp = self.recorder.udp.lock().expect("recorder");

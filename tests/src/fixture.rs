@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use aya::programs::{TestRun, TestRunOptions};
-use xnlb::dataplane::{monotonic_ns, Dataplane};
+use xnlb::dataplane::{boottime_ns, Dataplane};
 use xnlb_common::{Counters, Table, PROG_FILTER, PROG_PROBE};
 
 /// What the program did with one frame.
@@ -73,7 +73,7 @@ impl Fixture {
     pub fn serve(&mut self, table: &Table) {
         self.dp.install(table).expect("install table");
         self.dp
-            .set_lease(monotonic_ns() + 3_600_000_000_000)
+            .set_lease(boottime_ns() + 3_600_000_000_000)
             .expect("lease");
         self.dp.set_if_mac(IF_MAC).expect("if mac");
     }

@@ -152,7 +152,7 @@ fn an_expired_lease_fences_every_vip_packet_but_not_other_traffic() {
     assert_eq!(delta(&before, &after, counter::DROPPED_FENCED), 3);
     // Extending the lease restores service.
     fx.dp
-        .set_lease(xnlb::dataplane::monotonic_ns() + 10_000_000_000)
+        .set_lease(xnlb::dataplane::boottime_ns() + 10_000_000_000)
         .expect("lease");
     assert_eq!(fx.run(&vip4).action, PASS);
 }

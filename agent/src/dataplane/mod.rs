@@ -10,30 +10,18 @@ pub use error::DataplaneError;
 pub use object::embedded_object;
 pub use table::Dataplane;
 
-/// Now on the clock the XDP program's `bpf_ktime_get_ns` reads
-/// (CLOCK_MONOTONIC), in nanoseconds: leases are deadlines on this clock.
-pub fn monotonic_ns() -> u64 {
+/// Now on the clock the XDP program's lease check reads
+/// (`bpf_ktime_get_boot_ns`, CLOCK_BOOTTIME), in nanoseconds. The protocol
+/// core runs on it too, so leases and promises are deadlines in real
+/// elapsed time: unlike CLOCK_MONOTONIC it keeps counting while the host is
+/// suspended, so a node that wakes up finds its lease expired rather than
+/// serving on one its peers no longer honour.
+pub fn boottime_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Resolution of CLOCK_MONOTONIC_COARSE (one scheduler tick, e.g. 4 ms at
-/// HZ=250): how far behind the precise clock the XDP program's clock can be.
-pub fn coarse_tick_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    if rc != 0 {
-        // The coarsest tick Linux supports (HZ=100).
-        return 10_000_000;
-    }
+    // SAFETY: valid pointer to a timespec; CLOCK_BOOTTIME exists since 2.6.39.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -169,16 +169,11 @@ impl Dataplane {
         ))
     }
 
-    /// Sets the lease deadline ([`super::monotonic_ns`] clock); 0 fences.
-    ///
-    /// The XDP program compares it with the coarse clock, which may lag by
-    /// one tick, so one tick is taken off: the data plane stops serving at
-    /// `deadline_ns` at the latest, never after.
+    /// Sets the lease deadline ([`super::boottime_ns`] clock); 0 fences.
+    /// The XDP program reads the same clock precisely, so no lag needs to
+    /// be allowed for.
     pub fn set_lease(&mut self, deadline_ns: u64) -> Result<(), DataplaneError> {
-        self.ctrl_set(
-            ctrl::LEASE,
-            deadline_ns.saturating_sub(super::coarse_tick_ns()),
-        )
+        self.ctrl_set(ctrl::LEASE, deadline_ns)
     }
 
     /// Tells the program the interface MAC that replaces the cluster MAC.

@@ -8,6 +8,15 @@
 //! plane is modelled as its last `Install` plus its last `Lease`, evaluated on
 //! that node's own clock, and the invariants of DESIGN 3 are checked after
 //! every step ([`check`]). Everything derives from one seed.
+//!
+//! Storage is modelled as the agent's writer thread: each `Persist` takes a
+//! few milliseconds, a newer one queues behind the one in flight, transmits
+//! that wait for a write are held until it lands, a crash loses the queued
+//! write and maybe the one in flight, and a broken disk fails writes. Runs
+//! also restart nodes from corrupt state (which must be refused, then
+//! recovered as the README says), crash proposers in the middle of a round
+//! (no ballot may carry two values), and change one node's `dead_after`
+//! by reload and by restart (leases must follow the peers' promises).
 
 pub mod bench;
 pub mod check;
@@ -15,7 +24,7 @@ pub mod net;
 
 use crate::assign::ClusterState;
 use crate::config::{Config, Failback, MemberConfig, Role};
-use crate::node::{Event, Node};
+use crate::node::{Event, Node, Transmit};
 use crate::quorum;
 use crate::time::{Time, MS};
 use net::{Flight, Net, Rng};
@@ -52,6 +61,21 @@ pub struct SimNode {
     pub flows_at: Option<u64>,
     /// Wants to be drained (operator).
     pub drained_by_operator: bool,
+    /// The write in flight: (seq, bytes, real completion time).
+    pub writing: Option<(u64, Vec<u8>, u64)>,
+    /// The next write, queued behind the one in flight.
+    pub queued_write: Option<(u64, Vec<u8>)>,
+    /// Transmits waiting for a write.
+    pub held: Vec<Transmit>,
+    /// Writes fail until this real time.
+    pub disk_broken_until: u64,
+    /// The state file was corrupted: a restart must be refused, and the
+    /// node comes back only through the documented recovery.
+    pub corrupt: bool,
+    /// `dead_after` override from a reload or a restart with another config.
+    pub dead_after_ns: Option<u64>,
+    /// Highest write that landed for the running process.
+    pub durable: u64,
 }
 
 /// What a run is made of.
@@ -183,6 +207,15 @@ pub enum Action {
     Stop(usize),
     /// Operator rebalance.
     Rebalance(usize),
+    /// The node's disk fails every write for a duration (ns).
+    DiskFail(usize, u64),
+    /// Crash, corrupt the state file, restart.
+    CorruptRestart(usize),
+    /// Crash whichever node is in phase 2 of a proposal now; restart it
+    /// after a duration (ns).
+    CrashProposer(u64),
+    /// Reload node `.0` with another `dead_after` (`None`: the scenario's).
+    Retime(usize, Option<u64>),
 }
 
 /// The simulated cluster.
@@ -208,6 +241,12 @@ pub struct World {
     pub violation: Option<String>,
     /// Steps executed.
     pub steps: u64,
+    /// A corrupt-state restart was scheduled in this run.
+    pub corrupt_scheduled: bool,
+    /// Largest promise horizon any node had so far (for the S2 oracle).
+    pub max_horizon_seen: u64,
+    /// Value of every phase-2 proposal seen, by (epoch, ballot).
+    pub ballots: std::collections::HashMap<(u64, u64), Vec<crate::wire::Op>>,
     /// Print every event (XNLB_SIM_TRACE=1).
     pub trace: bool,
     /// Also print lease extensions (XNLB_SIM_TRACE=2).
@@ -247,6 +286,13 @@ impl World {
                 inbox: Vec::new(),
                 flows_at: None,
                 drained_by_operator: false,
+                writing: None,
+                queued_write: None,
+                held: Vec::new(),
+                disk_broken_until: 0,
+                corrupt: false,
+                dead_after_ns: None,
+                durable: 0,
             });
         }
         let mut w = World {
@@ -259,6 +305,9 @@ impl World {
             heard: vec![vec![0; n]; n],
             rt: vec![vec![0; n]; n],
             violation: None,
+            ballots: Default::default(),
+            max_horizon_seen: 0,
+            corrupt_scheduled: false,
             steps: 0,
             trace: std::env::var("XNLB_SIM_TRACE").is_ok_and(|v| v != "0"),
             trace_lease: std::env::var("XNLB_SIM_TRACE").is_ok_and(|v| v == "2"),
@@ -292,17 +341,52 @@ impl World {
         accepts_new(self.nodes[i].dp[s]) && self.nodes[i].lease > self.local(i, self.now)
     }
 
+    /// The config node `i` runs with now (the scenario's, with its
+    /// `dead_after` override).
+    pub fn config(&self, i: usize) -> Config {
+        let mut c = self.scenario.config(i);
+        if let Some(d) = self.nodes[i].dead_after_ns {
+            c.dead_after_ns = d;
+        }
+        c
+    }
+
     fn start(&mut self, i: usize) {
-        let cfg = self.scenario.config(i);
+        let cfg = self.config(i);
         let now = Time(self.local(i, self.now));
+        if self.nodes[i].corrupt {
+            let bytes = self.nodes[i].persisted.clone().unwrap_or_default();
+            if Node::restore(cfg.clone(), now, self.nodes[i].incarnation + 1, &bytes).is_ok() {
+                self.fail(format!("node {} restored from a corrupt state file", i + 1));
+                return;
+            }
+            // The README's recovery: remove the state file once the others
+            // show this member fenced (or never admitted), then start fresh.
+            if !self.fenced_by_others(i) {
+                return;
+            }
+            self.nodes[i].corrupt = false;
+            self.nodes[i].persisted = None;
+        }
+        self.end_process_io(i);
         let sn = &mut self.nodes[i];
-        sn.incarnation += 1 + (self.rng.next_u64() % 3);
+        // Incarnations come from the wall clock, which may step back: the
+        // core takes max(persisted + 1, given). (Without a state file a
+        // stepped-back clock does lock the node out until it passes its old
+        // incarnation: peers cannot tell that from a replay.)
+        sn.incarnation = if sn.persisted.is_some() && self.rng.chance(0.1) {
+            1
+        } else {
+            sn.incarnation + 1 + (self.rng.next_u64() % 3)
+        };
         let node = match &sn.persisted {
             Some(p) => Node::restore(cfg, now, sn.incarnation, p),
             None => Node::new(cfg, now, sn.incarnation),
         };
         match node {
             Ok(node) => {
+                sn.incarnation = node.incarnation();
+                sn.durable = 0;
                 sn.node = Some(node);
                 sn.stopped = false;
                 sn.frozen_until = None;
@@ -374,7 +458,15 @@ impl World {
                         }
                     }
                 }
-                Event::Persist { state } => self.nodes[i].persisted = Some(state),
+                Event::Persist { seq, state } => {
+                    let sn = &mut self.nodes[i];
+                    if sn.writing.is_none() {
+                        let done = self.now + self.rng.range(0, 4 * MS);
+                        sn.writing = Some((seq, state, done));
+                    } else {
+                        sn.queued_write = Some((seq, state));
+                    }
+                }
                 Event::Stopped => {
                     self.nodes[i].node = None;
                     self.nodes[i].stopped = true;
@@ -390,18 +482,16 @@ impl World {
                 None => None,
             };
             let Some(tx) = tx else { break };
-            let to = tx.to as usize - 1;
-            if to >= self.nodes.len() {
-                self.fail(format!("node {} sent to unknown member {}", i + 1, tx.to));
-                continue;
-            }
-            if tx.bytes.len() > crate::wire::MAX_DATAGRAM {
-                self.fail(format!("node {} sent {} bytes", i + 1, tx.bytes.len()));
-            }
-            let hb = self.heard[i][to];
-            self.net
-                .send(&mut self.rng, self.now, i, to, tx.link, hb, tx.bytes);
+            self.send_or_hold(i, tx);
         }
+        self.check_ballot(i);
+        if let Some(n) = self.nodes[i].node.as_ref() {
+            self.max_horizon_seen = self.max_horizon_seen.max(n.promise_horizon());
+        }
+        self.schedule_wake(i);
+    }
+
+    fn schedule_wake(&mut self, i: usize) {
         let wake = self.nodes[i]
             .node
             .as_ref()
@@ -410,10 +500,131 @@ impl World {
         self.nodes[i].wake = wake;
     }
 
+    /// Whether every running node other than `i` holds a state in which `i`
+    /// does not participate.
+    fn fenced_by_others(&self, i: usize) -> bool {
+        let id = i as u8 + 1;
+        let mut any = false;
+        for (j, n) in self.nodes.iter().enumerate() {
+            if j == i {
+                continue;
+            }
+            if let Some(nd) = n.node.as_ref() {
+                any = true;
+                if nd.cluster_state().participates(id) {
+                    return false;
+                }
+            }
+        }
+        any
+    }
+
+    /// Sends `tx`, or holds it until the write it waits for has landed.
+    fn send_or_hold(&mut self, i: usize, tx: Transmit) {
+        let durable = self.durable_seq(i);
+        if tx.after_persist > durable {
+            self.nodes[i].held.push(tx);
+            return;
+        }
+        self.send(i, tx);
+    }
+
+    /// Highest write that landed for node `i`'s running process.
+    fn durable_seq(&self, i: usize) -> u64 {
+        self.nodes[i].durable
+    }
+
+    /// The write in flight at node `i` completes (or fails on a broken disk).
+    fn finish_write(&mut self, i: usize) {
+        let Some((seq, state, _)) = self.nodes[i].writing.take() else {
+            return;
+        };
+        let ok = self.now >= self.nodes[i].disk_broken_until;
+        if ok {
+            self.nodes[i].persisted = Some(state);
+            self.nodes[i].durable = self.nodes[i].durable.max(seq);
+        }
+        if let Some((s, st)) = self.nodes[i].queued_write.take() {
+            let done = self.now + self.rng.range(0, 4 * MS);
+            self.nodes[i].writing = Some((s, st, done));
+        }
+        let held = std::mem::take(&mut self.nodes[i].held);
+        for tx in held {
+            if tx.after_persist <= seq && !ok {
+                continue; // a failed write's datagrams never leave
+            }
+            self.send_or_hold(i, tx);
+        }
+        let now = Time(self.local(i, self.now));
+        if let Some(n) = self.nodes[i].node.as_mut() {
+            n.persisted(now, seq, ok);
+        }
+        self.drive(i);
+    }
+
+    fn send(&mut self, i: usize, tx: Transmit) {
+        let to = tx.to as usize - 1;
+        if to >= self.nodes.len() {
+            self.fail(format!("node {} sent to unknown member {}", i + 1, tx.to));
+            return;
+        }
+        if tx.bytes.len() > crate::wire::MAX_DATAGRAM {
+            self.fail(format!("node {} sent {} bytes", i + 1, tx.bytes.len()));
+        }
+        let hb = self.heard[i][to];
+        self.net
+            .send(&mut self.rng, self.now, i, to, tx.link, hb, tx.bytes);
+    }
+
     /// Schedules an action.
     pub fn schedule(&mut self, at: u64, action: Action) {
         let pos = self.actions.partition_point(|(t, _)| *t <= at);
         self.actions.insert(pos, (at, action));
+    }
+
+    /// Kills node `i`'s process: its queued write and held datagrams are
+    /// lost; the write in flight lands or not.
+    fn crash(&mut self, i: usize) {
+        self.end_process_io(i);
+        let sn = &mut self.nodes[i];
+        sn.node = None;
+        sn.wake = None;
+        sn.frozen_until = None;
+        sn.inbox.clear();
+    }
+
+    fn end_process_io(&mut self, i: usize) {
+        let lands = self.rng.chance(0.5);
+        let sn = &mut self.nodes[i];
+        if let Some((_, state, _)) = sn.writing.take() {
+            if lands && self.now >= sn.disk_broken_until {
+                sn.persisted = Some(state);
+            }
+        }
+        sn.queued_write = None;
+        sn.held.clear();
+    }
+
+    /// No ballot may carry two values: a restarted proposer must not reuse
+    /// one (its rounds are persisted before its Prepare leaves).
+    fn check_ballot(&mut self, i: usize) {
+        let Some((epoch, ballot, ops)) = self.nodes[i]
+            .node
+            .as_ref()
+            .and_then(|n| n.proposal_in_flight())
+            .map(|(e, b, o)| (e, b, o.to_vec()))
+        else {
+            return;
+        };
+        match self.ballots.get(&(epoch, ballot)) {
+            Some(prev) if *prev != ops => self.fail(format!(
+                "ballot {ballot:#x} of epoch {epoch} carried two values: {prev:?} and {ops:?}"
+            )),
+            Some(_) => {}
+            None => {
+                self.ballots.insert((epoch, ballot), ops);
+            }
+        }
     }
 
     fn runnable(&self, i: usize) -> bool {
@@ -445,6 +656,9 @@ impl World {
                 if let Some(f) = n.flows_at {
                     consider(f, 4, i);
                 }
+                if let Some((_, _, done)) = n.writing {
+                    consider(done, 5, i);
+                }
             }
         }
         let Some((t, kind, i)) = best else {
@@ -474,6 +688,7 @@ impl World {
                 self.timeout(i);
             }
             3 => self.timeout(i),
+            5 => self.finish_write(i),
             _ => {
                 self.nodes[i].flows_at = None;
                 let now = Time(self.local(i, self.now));
@@ -532,11 +747,58 @@ impl World {
             println!("{:>9.3} ** {a:?}", self.now as f64 / 1e6);
         }
         match a {
-            Action::Crash(i) => {
-                self.nodes[i].node = None;
-                self.nodes[i].wake = None;
-                self.nodes[i].frozen_until = None;
-                self.nodes[i].inbox.clear();
+            Action::Crash(i) => self.crash(i),
+            Action::DiskFail(i, d) => {
+                self.nodes[i].disk_broken_until = self.now + d;
+            }
+            Action::CorruptRestart(i) => {
+                self.crash(i);
+                if let Some(mut p) = self.nodes[i].persisted.take() {
+                    let k = self.rng.range(0, p.len() as u64) as usize;
+                    match self.rng.range(0, 3) {
+                        0 => p.truncate(k),
+                        1 => p[k] ^= 0xff,
+                        _ => p[0] = 1, // another (older) format version
+                    }
+                    // A flip may still decode: only what restore refuses
+                    // counts as corrupt.
+                    let inc = self.nodes[i].incarnation + 1;
+                    let probe = Node::restore(self.config(i), Time(1), inc, &p);
+                    self.nodes[i].corrupt = probe.is_err();
+                    self.nodes[i].persisted = Some(p);
+                }
+                self.start(i);
+            }
+            Action::CrashProposer(d) => {
+                let busy = (0..self.nodes.len()).find(|&j| {
+                    self.runnable(j)
+                        && self.nodes[j]
+                            .node
+                            .as_ref()
+                            .is_some_and(|n| n.proposal_in_flight().is_some())
+                });
+                if let Some(j) = busy {
+                    self.crash(j);
+                    self.schedule(self.now + d, Action::Restart(j));
+                }
+            }
+            Action::Retime(i, dead_after) => {
+                if let Some(f) = self.nodes[i].frozen_until {
+                    // A stopped process reloads when it runs again.
+                    self.schedule(f + 1, Action::Retime(i, dead_after));
+                    return;
+                }
+                self.nodes[i].dead_after_ns = dead_after;
+                let cfg = self.config(i);
+                let now = Time(self.local(i, self.now));
+                if self.runnable(i) {
+                    if let Some(n) = self.nodes[i].node.as_mut() {
+                        if let Err(e) = n.reconfigure(now, cfg) {
+                            self.fail(format!("reconfigure of node {} refused: {e}", i + 1));
+                        }
+                    }
+                    self.drive(i);
+                }
             }
             Action::Restart(i) => {
                 if self.nodes[i].node.is_none() {
@@ -609,7 +871,7 @@ impl World {
             }
             let i = self.rng.range(0, n as u64) as usize;
             let dur = self.rng.range(50, 1200) * MS;
-            match self.rng.range(0, 12) {
+            match self.rng.range(0, 17) {
                 0 | 1 => {
                     self.schedule(t, Action::Crash(i));
                     self.schedule(t + dur, Action::Restart(i));
@@ -662,6 +924,35 @@ impl World {
                     self.schedule(t + dur + 300 * MS, Action::Restart(i));
                 }
                 9 => self.schedule(t, Action::Rebalance(i)),
+                12 => {
+                    // A broken disk, and sometimes a crash while it is.
+                    self.schedule(t, Action::DiskFail(i, dur));
+                    if self.rng.chance(0.5) {
+                        self.schedule(t + dur / 2, Action::Crash(i));
+                        self.schedule(t + dur, Action::Restart(i));
+                    }
+                }
+                // One lost state file at a time: losing several at once is
+                // beyond what any quorum protocol recovers from by itself.
+                13 if !self.corrupt_scheduled => {
+                    self.corrupt_scheduled = true;
+                    self.schedule(t, Action::CorruptRestart(i));
+                }
+                14 => {
+                    let d = self.rng.range(5, 300) * MS;
+                    self.schedule(t, Action::CrashProposer(d));
+                }
+                15 => {
+                    // One node's dead_after changes by reload (and maybe by a
+                    // restart with that config), later back.
+                    let d = self.rng.range(150, 3000) * MS;
+                    self.schedule(t, Action::Retime(i, Some(d)));
+                    if self.rng.chance(0.4) {
+                        self.schedule(t + dur / 3, Action::Crash(i));
+                        self.schedule(t + dur / 2, Action::Restart(i));
+                    }
+                    self.schedule(t + dur, Action::Retime(i, None));
+                }
                 10 => {
                     let loss = self.rng.range(10, 40) as f64 / 100.0;
                     self.schedule(t, Action::Lossy(loss, dup));
@@ -684,9 +975,11 @@ impl World {
         self.net.jitter = 300_000;
         self.actions.clear();
         for i in 0..self.nodes.len() {
+            self.nodes[i].disk_broken_until = 0;
             if self.nodes[i].frozen_until.is_some() {
                 self.nodes[i].frozen_until = Some(self.now);
             }
+            self.apply(Action::Retime(i, None));
             if self.nodes[i].node.is_none() {
                 self.start(i);
             }
@@ -718,8 +1011,21 @@ impl World {
                     self.apply(Action::Resume(i));
                 }
             }
+            // A node whose dead_after was raised keeps honouring the larger
+            // horizon until its promises ran out; failover times are only
+            // comparable after that.
+            let horizons_settled =
+                (0..self.nodes.len()).all(|i| {
+                    self.nodes[i].node.as_ref().is_none_or(|n| {
+                        n.promise_horizon() <= self.scenario.config(i).dead_after_ns
+                    }) && self.nodes[i].dead_after_ns.is_none()
+                });
+            // A node recovering from a lost state file starts only once the
+            // others fenced it; it is part of the cluster to converge.
+            let all_running =
+                (0..self.nodes.len()).all(|i| exclude.contains(&i) || self.nodes[i].node.is_some());
             let check = check::steady(self, exclude);
-            if check.is_ok() {
+            if check.is_ok() && horizons_settled && all_running {
                 return Ok(self.now);
             }
             if self.now >= deadline {
