@@ -1,6 +1,7 @@
 //! The xnlb agent: the IO shell around the protocol core (`xnlb-proto`) and
 //! the XDP data plane (`ebpf/`), plus the command line that manages it.
 
+pub mod admission;
 pub mod config;
 pub mod control;
 pub mod dataplane;
