@@ -71,6 +71,73 @@ impl SourceFilter {
     }
 }
 
+/// Most datagrams [`drain_ready`] takes from one socket in one call: a
+/// flood must not keep the protocol thread from its timers.
+pub const DRAIN_MAX: usize = 4096;
+
+/// Reads what is already queued on `sock` without waiting, and hands each
+/// datagram from a member to `deliver`.
+///
+/// Called right before the core runs its timers: after the protocol thread
+/// was off the CPU (a loaded host, a flood), a member's heartbeats may sit
+/// in the socket behind junk while its silence timer has run out; reading
+/// them first keeps a late thread from declaring a live member dead.
+pub fn drain_ready(
+    sock: &tokio::net::UdpSocket,
+    filter: &SourceFilter,
+    buf: &mut [u8],
+    mut deliver: impl FnMut(&[u8]),
+) {
+    for _ in 0..DRAIN_MAX {
+        match sock.try_recv_from(buf) {
+            Ok((n, from)) => {
+                if filter.admits(from) {
+                    deliver(&buf[..n]);
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Receive buffer of a heartbeat socket.
+///
+/// The prefilter only helps if junk is read out of the socket faster than
+/// it arrives; when the protocol thread is off the CPU for a few ms, the
+/// kernel's default buffer (about 200 small datagrams at ~1 KiB of
+/// accounting each) is full of junk within milliseconds, and the real
+/// heartbeats that arrive next are dropped by the kernel before the
+/// prefilter ever sees them. 16 MiB absorbs ~0.5 s of a 30,000/s flood per
+/// socket; memory is only used while datagrams wait.
+pub const RECEIVE_BUFFER: usize = 16 << 20;
+
+/// Sets [`RECEIVE_BUFFER`] on a heartbeat socket: `SO_RCVBUFFORCE` (the
+/// agent has CAP_NET_ADMIN; it ignores `net.core.rmem_max`), else
+/// `SO_RCVBUF` (capped by `rmem_max`). Best effort: a smaller buffer is
+/// logged, not fatal.
+pub fn widen_receive_buffer(sock: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size = RECEIVE_BUFFER as libc::c_int;
+    let set = |opt| {
+        // SAFETY: setsockopt with an int on a socket we own.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                &size as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    };
+    if !set(libc::SO_RCVBUFFORCE) && !set(libc::SO_RCVBUF) {
+        tracing::warn!(
+            "heartbeat socket receive buffer: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

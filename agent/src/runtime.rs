@@ -633,7 +633,19 @@ async fn protocol_loop(
                     sh.node.handle_datagram(now(), link, &bytes);
                 }
             }
-            _ = tokio::time::sleep_until(wake) => sh.node.handle_timeout(now()),
+            _ = tokio::time::sleep_until(wake) => {
+                // Datagrams already here count before any silence timer.
+                while let Ok((link, bytes)) = dgrams.try_recv() {
+                    sh.node.handle_datagram(now(), link, &bytes);
+                }
+                let mut buf = [0u8; 2048];
+                for (link, sock) in sh.sockets.clone().iter().enumerate() {
+                    crate::prefilter::drain_ready(sock, &sh.source_filter.clone(), &mut buf, |b| {
+                        sh.node.handle_datagram(now(), link, b)
+                    });
+                }
+                sh.node.handle_timeout(now())
+            }
             Some((req, reply)) = commands.recv() => {
                 let stop = req == Request::Stop;
                 let _ = reply.send(sh.command(req));
@@ -704,6 +716,7 @@ fn bind_sockets(cfg: &Config) -> Result<Vec<std::net::UdpSocket>> {
             let s = std::net::UdpSocket::bind(a)
                 .with_context(|| format!("cluster.listen: binding {a}"))?;
             s.set_nonblocking(true)?;
+            crate::prefilter::widen_receive_buffer(&s);
             Ok(s)
         })
         .collect()

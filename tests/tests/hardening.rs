@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use xnlb_tests::cluster::{spawn_in, Cluster, ClusterSpec, Probe, HB_PORT};
+use xnlb_tests::cluster::{spawn_in, wait_until, Cluster, ClusterSpec, Probe, HB_PORT, VIP};
 
 const CONVERGE: Duration = Duration::from_secs(15);
 /// A bucket may go unanswered at most this long after a fault (DESIGN S7:
@@ -87,6 +87,16 @@ fn removing_the_pinned_link_changes_nothing_and_the_pin_comes_back() {
     );
     assert!(c.running(2), "agent 2 exited\n{}", c.log_tail(2, 10));
     assert_eq!(c.wait_converged(&[1, 2, 3], CONVERGE), epoch.unwrap_or(0));
+
+    // A VIP flushed from lo (an operator, a network manager) comes back.
+    c.ns(2).sh(&format!("ip addr del {VIP}/32 dev lo"));
+    let back = wait_until(Duration::from_secs(2), || {
+        c.ns(2)
+            .sh("ip -o addr show dev lo")
+            .contains(&VIP.to_string())
+    });
+    assert!(back, "VIP not re-added on lo\n{}", c.log_tail(2, 10));
+    c.assert_no_overlap("VIP removed from lo");
 }
 
 /// `bpftool link detach` really detaches the program under the agent (and
