@@ -368,6 +368,18 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
 }
 
+/// Upper bounds of the configured durations. Every duration is turned into
+/// nanoseconds (`u64`) and added to monotonic timestamps by the agent and
+/// the protocol core; bounding them at parse time keeps all of that
+/// arithmetic far from overflow, and no sane cluster needs more.
+pub const MAX_HEARTBEAT_INTERVAL_MS: u64 = 10_000;
+/// See [`MAX_HEARTBEAT_INTERVAL_MS`]: 60 s.
+pub const MAX_DEAD_AFTER_MS: u64 = 60_000;
+/// See [`MAX_HEARTBEAT_INTERVAL_MS`]: one day (also bounds `xnlb drain --timeout`).
+pub const MAX_DRAIN_TIMEOUT_S: u64 = 86_400;
+/// See [`MAX_HEARTBEAT_INTERVAL_MS`]: health-check interval and timeout, 1 h.
+pub const MAX_HEALTH_MS: u64 = 3_600_000;
+
 /// Default control socket.
 pub const DEFAULT_SOCKET: &str = "/run/xnlb/xnlb.sock";
 
@@ -424,8 +436,8 @@ impl Ctx<'_> {
                     ),
                 }
             };
-        let interval_ms = num(&h.interval_ms, "interval_ms", 1000, 3_600_000)?;
-        let timeout_ms = num(&h.timeout_ms, "timeout_ms", 500, 3_600_000)?;
+        let interval_ms = num(&h.interval_ms, "interval_ms", 1000, MAX_HEALTH_MS)?;
+        let timeout_ms = num(&h.timeout_ms, "timeout_ms", 500, MAX_HEALTH_MS)?;
         if timeout_ms > interval_ms {
             let span = h.timeout_ms.as_ref().map(|t| t.span()).unwrap_or(at);
             return self.err(
@@ -659,14 +671,29 @@ impl Config {
             );
         }
         let hb = *c.heartbeat_interval_ms.get_ref();
-        if !(1..=10_000).contains(&hb) {
+        if !(1..=MAX_HEARTBEAT_INTERVAL_MS).contains(&hb) {
             return cx.err(
                 c.heartbeat_interval_ms.span(),
                 "cluster.heartbeat_interval_ms",
-                format!("{hb} is not in 1..=10000"),
+                format!("{hb} is not in 1..={MAX_HEARTBEAT_INTERVAL_MS} (at most 10 s)"),
+            );
+        }
+        let drain_timeout_s = *c.drain_timeout_s.get_ref();
+        if drain_timeout_s > MAX_DRAIN_TIMEOUT_S {
+            return cx.err(
+                c.drain_timeout_s.span(),
+                "cluster.drain_timeout_s",
+                format!("{drain_timeout_s} is more than {MAX_DRAIN_TIMEOUT_S} (one day)"),
             );
         }
         let dead = *c.dead_after_ms.get_ref();
+        if dead > MAX_DEAD_AFTER_MS {
+            return cx.err(
+                c.dead_after_ms.span(),
+                "cluster.dead_after_ms",
+                format!("{dead} is more than {MAX_DEAD_AFTER_MS} (60 s): a member silent that long is dead"),
+            );
+        }
         if dead < 3 * hb {
             return cx.err(
                 c.dead_after_ms.span(),
@@ -932,7 +959,7 @@ impl Config {
             buckets,
             heartbeat_interval_ms: hb,
             dead_after_ms: dead,
-            drain_timeout_s: *c.drain_timeout_s.get_ref(),
+            drain_timeout_s,
             members,
             vips,
             socket,
@@ -1015,6 +1042,66 @@ priority = [2, 1]
             }
             other => panic!("expected an error at {key} line {line}, got {other:?}"),
         }
+    }
+
+    /// `EXAMPLE` with `line` added under `[cluster]` (line 12 of the result).
+    fn with_cluster_line(line: &str) -> String {
+        EXAMPLE.replace(
+            "listen = [\"198.18.1.1:7450\"]\n",
+            &format!("listen = [\"198.18.1.1:7450\"]\n{line}\n"),
+        )
+    }
+
+    #[test]
+    fn every_duration_has_an_upper_bound_named_with_key_and_line() {
+        // At the bound: accepted.
+        for ok in [
+            "heartbeat_interval_ms = 10000\ndead_after_ms = 60000",
+            "drain_timeout_s = 86400",
+            "dead_after_ms = 60000",
+        ] {
+            parse(&with_cluster_line(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        // One past it: refused, naming the key and its line.
+        expect_err(
+            &with_cluster_line("heartbeat_interval_ms = 10001"),
+            "cluster.heartbeat_interval_ms",
+            12,
+        );
+        expect_err(
+            &with_cluster_line("dead_after_ms = 60001"),
+            "cluster.dead_after_ms",
+            12,
+        );
+        expect_err(
+            &with_cluster_line("dead_after_ms = 9223372036854775807"),
+            "cluster.dead_after_ms",
+            12,
+        );
+        expect_err(
+            &with_cluster_line("drain_timeout_s = 86401"),
+            "cluster.drain_timeout_s",
+            12,
+        );
+        expect_err(
+            &with_cluster_line("drain_timeout_s = 9223372036854775807"),
+            "cluster.drain_timeout_s",
+            12,
+        );
+        let health =
+            |body: &str| format!("{EXAMPLE}[vip.health]\ntcp = \"127.0.0.1:80\"\n{body}\n");
+        let line = EXAMPLE.lines().count() + 3;
+        parse(&health("interval_ms = 3600000\ntimeout_ms = 3600000")).expect("at the bound");
+        expect_err(
+            &health("interval_ms = 3600001"),
+            "vip[0].health.interval_ms",
+            line,
+        );
+        expect_err(
+            &health("timeout_ms = 3600001"),
+            "vip[0].health.timeout_ms",
+            line,
+        );
     }
 
     #[test]

@@ -2,8 +2,16 @@
 //! answers from it), ARP/NS never answered by the kernel with the node's own
 //! MAC, and the cluster MACs accepted by the NIC. Every step is idempotent
 //! (a host left dirty by a crash is fine) and undone by [`Host::teardown`].
+//!
+//! The sysctls' original values are written to a small journal in the
+//! state directory before the first one is changed. An agent killed with
+//! SIGKILL cannot undo anything; the next agent finds the journal and, on
+//! its own teardown, restores the host's values rather than the ones the
+//! dead agent had set (which is all it could read from /proc by then).
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::config::Config;
@@ -18,6 +26,14 @@ pub enum HostError {
         cmd: String,
         /// Its error output.
         stderr: String,
+    },
+    /// The journal of original sysctl values could not be written.
+    #[error("recording the host's original sysctl values in {path}: {source}")]
+    Journal {
+        /// The journal file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
     },
     /// A sysctl could not be read or written.
     #[error("sysctl {key}: {source}")]
@@ -37,6 +53,40 @@ pub struct Host {
     maddrs: Vec<String>,
     promisc: bool,
     sysctls: Vec<(String, String)>,
+    /// The journal of original sysctl values (see the module doc).
+    journal: Option<PathBuf>,
+}
+
+/// The journal of node `id`'s original sysctl values in `state_dir`.
+pub fn sysctl_journal_path(state_dir: &Path, id: u8) -> PathBuf {
+    state_dir.join(format!("node{id}.sysctl-originals"))
+}
+
+/// Reads a journal: `key value` per line. A missing or unreadable file is
+/// an empty journal (nothing to restore beyond what /proc says now).
+fn read_journal(path: &Path) -> BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Writes a journal durably (temporary file, fsync, rename) so a crash
+/// leaves either the old or the new one.
+fn write_journal(path: &Path, originals: &BTreeMap<String, String>) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    for (k, v) in originals {
+        writeln!(f, "{k} {v}")?;
+    }
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 fn run(args: &[&str]) -> Result<String, HostError> {
@@ -173,6 +223,66 @@ pub fn is_veth(interface: &str) -> bool {
     interface_driver(interface).as_deref() == Some("veth")
 }
 
+fn vip_prefix(vip: IpAddr) -> String {
+    match vip {
+        IpAddr::V4(a) => format!("{a}/32"),
+        IpAddr::V6(a) => format!("{a}/128"),
+    }
+}
+
+/// Puts `vip` on `lo` (idempotent).
+fn add_vip(vip: IpAddr) -> Result<(), HostError> {
+    let addr = vip_prefix(vip);
+    let mut args = vec!["ip", "addr", "replace", &addr, "dev", "lo"];
+    if vip.is_ipv6() {
+        args.push("nodad");
+    }
+    run(&args).map(|_| ())
+}
+
+/// The addresses on `interface`, from `getifaddrs(3)`: a netlink dump, no
+/// process spawned, cheap enough for every few heartbeats.
+pub fn addresses_on(interface: &str) -> Result<Vec<IpAddr>, HostError> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(HostError::Command {
+            cmd: "getifaddrs".into(),
+            stderr: std::io::Error::last_os_error().to_string(),
+        });
+    }
+    let mut out = Vec::new();
+    let mut p = head;
+    while !p.is_null() {
+        // SAFETY: a node of the list getifaddrs returned; its name is a
+        // C string and its address, when present, a sockaddr of the
+        // family it names.
+        unsafe {
+            let ifa = &*p;
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name);
+            if !ifa.ifa_addr.is_null() && name.to_bytes() == interface.as_bytes() {
+                match (*ifa.ifa_addr).sa_family as i32 {
+                    libc::AF_INET => {
+                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        out.push(IpAddr::from(
+                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                        ));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+            p = ifa.ifa_next;
+        }
+    }
+    // SAFETY: the list getifaddrs allocated, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
 impl Host {
     /// Applies the host side of `cfg`. On error, whatever was applied is
     /// undone before returning.
@@ -182,6 +292,7 @@ impl Host {
         };
         let mut host = Host {
             interface: interface.clone(),
+            journal: Some(sysctl_journal_path(&cfg.state_dir, cfg.node_id)),
             ..Host::default()
         };
         match host.apply(cfg, &interface) {
@@ -193,11 +304,43 @@ impl Host {
         }
     }
 
-    fn set_sysctl(&mut self, key: &str, value: &str) -> Result<(), HostError> {
-        let old = read_sysctl(key)?;
-        if old != value {
-            write_sysctl(key, value)?;
-            self.sysctls.push((key.to_string(), old));
+    /// Sets every sysctl in `wanted` (skipping optional ones the kernel
+    /// does not have), after recording their original values in the
+    /// journal. An original recorded by an earlier agent wins over what
+    /// /proc says now: that agent may have died before restoring it.
+    fn set_sysctls(&mut self, wanted: &[(String, &str, bool)]) -> Result<(), HostError> {
+        let journaled = self
+            .journal
+            .as_deref()
+            .map(read_journal)
+            .unwrap_or_default();
+        let mut originals = journaled.clone();
+        let mut plan = Vec::new();
+        for (key, value, optional) in wanted {
+            let now = match read_sysctl(key) {
+                Ok(v) => v,
+                Err(_) if *optional => continue,
+                Err(e) => return Err(e),
+            };
+            let original = journaled.get(key).cloned().unwrap_or_else(|| now.clone());
+            originals.insert(key.clone(), original.clone());
+            plan.push((key.clone(), *value, now, original));
+        }
+        if let Some(path) = &self.journal {
+            if originals != journaled {
+                write_journal(path, &originals).map_err(|source| HostError::Journal {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
+        for (key, value, now, original) in plan {
+            if now != value {
+                write_sysctl(&key, value)?;
+            }
+            if original != value {
+                self.sysctls.push((key, original));
+            }
         }
         Ok(())
     }
@@ -206,18 +349,29 @@ impl Host {
         // The kernel must never answer ARP for a VIP with this node's MAC
         // (the XDP program answers with the cluster MAC), nor use a VIP as
         // the source of its own ARP requests.
+        let mut wanted = Vec::new();
         for scope in ["all", interface] {
-            self.set_sysctl(&format!("net.ipv4.conf.{scope}.arp_ignore"), "1")?;
-            self.set_sysctl(&format!("net.ipv4.conf.{scope}.arp_announce"), "2")?;
+            wanted.push((format!("net.ipv4.conf.{scope}.arp_ignore"), "1", false));
+            wanted.push((format!("net.ipv4.conf.{scope}.arp_announce"), "2", false));
         }
+        // Fail closed without XDP: a VIP packet reaches the stack with the
+        // cluster MAC (multicast) only if no XDP program rewrote it, i.e.
+        // while the filter is detached. The stack must drop it rather than
+        // answer every flow (an overlap with the buckets' owners); accepted
+        // packets carry the interface MAC and are not affected.
+        wanted.push((
+            format!("net.ipv4.conf.{interface}.drop_unicast_in_l2_multicast"),
+            "1",
+            false,
+        ));
+        wanted.push((
+            format!("net.ipv6.conf.{interface}.drop_unicast_in_l2_multicast"),
+            "1",
+            true,
+        ));
+        self.set_sysctls(&wanted)?;
         for v in &cfg.vips {
-            let (addr, extra): (String, &[&str]) = match v.address {
-                IpAddr::V4(a) => (format!("{a}/32"), &[]),
-                IpAddr::V6(a) => (format!("{a}/128"), &["nodad"]),
-            };
-            let mut args = vec!["ip", "addr", "replace", &addr, "dev", "lo"];
-            args.extend_from_slice(extra);
-            run(&args)?;
+            add_vip(v.address)?;
             self.vips.push(v.address);
             if v.unicast_mac {
                 if !self.promisc {
@@ -254,15 +408,7 @@ impl Host {
     /// Undoes everything [`Host::setup`] changed; failures are logged, not
     /// fatal: teardown runs on the way out and must finish.
     pub fn teardown(&mut self) {
-        for vip in self.vips.drain(..) {
-            let addr = match vip {
-                IpAddr::V4(a) => format!("{a}/32"),
-                IpAddr::V6(a) => format!("{a}/128"),
-            };
-            if let Err(e) = run(&["ip", "addr", "del", &addr, "dev", "lo"]) {
-                tracing::warn!("removing VIP {vip} from lo: {e}");
-            }
-        }
+        self.remove_vips();
         for m in self.maddrs.drain(..) {
             let _ = run(&["ip", "maddr", "del", &m, "dev", &self.interface]);
         }
@@ -278,9 +424,42 @@ impl Host {
             ]);
             self.promisc = false;
         }
+        let mut restored = true;
         for (key, old) in self.sysctls.drain(..).rev() {
             if let Err(e) = write_sysctl(&key, &old) {
                 tracing::warn!("restoring {key}: {e}");
+                restored = false;
+            }
+        }
+        // Kept if a value could not be restored: the next agent retries.
+        if let (true, Some(path)) = (restored, &self.journal) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Puts back every VIP that is no longer on `lo` (an operator's `ip
+    /// addr del`, a network manager's flush): without it the stack drops
+    /// the packets XDP accepts and this node's buckets go unanswered while
+    /// it reports itself converged. Returns the VIPs it put back.
+    pub fn restore_missing_vips(&mut self) -> Result<Vec<IpAddr>, HostError> {
+        if self.vips.is_empty() {
+            return Ok(Vec::new());
+        }
+        let present = addresses_on("lo")?;
+        let mut restored = Vec::new();
+        for vip in self.vips.iter().filter(|v| !present.contains(v)) {
+            add_vip(*vip)?;
+            restored.push(*vip);
+        }
+        Ok(restored)
+    }
+
+    /// Removes the VIPs from `lo` at once (the stack stops answering for
+    /// them), keeping the rest for [`Host::teardown`].
+    pub fn remove_vips(&mut self) {
+        for vip in self.vips.drain(..) {
+            if let Err(e) = run(&["ip", "addr", "del", &vip_prefix(vip), "dev", "lo"]) {
+                tracing::warn!("removing VIP {vip} from lo: {e}");
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The xnlb agent: the IO shell around the protocol core (`xnlb-proto`) and
 //! the XDP data plane (`ebpf/`), plus the command line that manages it.
 
+pub mod admission;
 pub mod config;
 pub mod control;
 pub mod dataplane;
@@ -8,8 +9,11 @@ pub mod flow;
 pub mod health;
 pub mod host;
 pub mod key;
+pub mod liveness;
+pub mod lock;
 pub mod metrics;
 pub mod plan;
+pub mod prefilter;
 pub mod runtime;
 pub mod state_file;
 pub mod status;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use xnlb::config::{Config, DEFAULT_SOCKET};
+use xnlb::config::{Config, DEFAULT_SOCKET, MAX_DRAIN_TIMEOUT_S};
 use xnlb::control::client::request;
 use xnlb::control::Request;
 use xnlb::status::StatusView;
@@ -57,8 +57,9 @@ enum Cmd {
     },
     /// Stop taking new flows; finish existing ones; then own nothing.
     Drain {
-        /// Longest wait for open connections, in seconds.
-        #[arg(long)]
+        /// Longest wait for open connections, in seconds (at most 86400,
+        /// one day, as cluster.drain_timeout_s).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(0..=MAX_DRAIN_TIMEOUT_S))]
         timeout: Option<u64>,
         #[command(flatten)]
         target: Target,
@@ -215,4 +216,24 @@ fn simple(target: &Target, req: Request) -> Result<(), (u8, String)> {
     control(target, req)
         .map(|r| println!("{}", r.message))
         .map_err(|e| (1, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_timeout_is_bounded_to_one_day() {
+        let parse = |t: &str| Cli::try_parse_from(["xnlb", "drain", "--timeout", t]);
+        assert!(parse("86400").is_ok());
+        assert!(parse("0").is_ok());
+        let err = parse("86401")
+            .err()
+            .expect("one day and a second is refused");
+        assert!(
+            err.to_string().contains("86401") && err.to_string().contains("--timeout"),
+            "{err}"
+        );
+        assert!(parse("18446744073709551615").is_err());
+    }
 }

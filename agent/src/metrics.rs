@@ -13,7 +13,9 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio::time::timeout;
 
+use crate::admission::{accept_failed, Admission, Limits};
 use crate::control::server::Command;
 use crate::runtime::status_via;
 use crate::status::StatusView;
@@ -115,16 +117,38 @@ pub fn render(s: &StatusView) -> String {
     out
 }
 
-/// Serves scrapes until the protocol thread is gone.
+/// Serves scrapes for as long as the agent runs, with the default
+/// [`Limits`].
 pub async fn serve(listener: TcpListener, commands: mpsc::Sender<Command>) {
+    serve_with(listener, commands, Limits::default()).await
+}
+
+/// Serves scrapes: at most `limits.max_connections` at once (more are
+/// closed at once), a client that does not send its request or take the
+/// answer within `limits.idle_timeout` is dropped, and a failed `accept` is
+/// logged and retried.
+pub async fn serve_with(listener: TcpListener, commands: mpsc::Sender<Command>, limits: Limits) {
+    let admission = Admission::new(limits.max_connections);
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            return;
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                accept_failed("metrics", e).await;
+                continue;
+            }
+        };
+        let Some(slot) = admission.admit() else {
+            drop(stream);
+            continue;
         };
         let commands = commands.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut buf = [0u8; 1024];
-            let n = stream.read(&mut buf).await.unwrap_or(0);
+            let n = match timeout(limits.idle_timeout, stream.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
             let req = String::from_utf8_lossy(&buf[..n]);
             let (code, body) = if req.starts_with("GET /metrics") {
                 match status_via(&commands).await {
@@ -138,7 +162,7 @@ pub async fn serve(listener: TcpListener, commands: mpsc::Sender<Command>) {
                 "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
-            let _ = stream.write_all(resp.as_bytes()).await;
+            let _ = timeout(limits.idle_timeout, stream.write_all(resp.as_bytes())).await;
         });
     }
 }

@@ -130,6 +130,11 @@ struct Shell {
     /// Slot states last installed (for the handoff flow count).
     installed: Option<Box<Table>>,
     stopped: bool,
+    /// Drops heartbeat-port datagrams from non-members (and counts them).
+    source_filter: crate::prefilter::SourceFilter,
+    /// Why the node stopped serving on its own (see [`crate::liveness`]):
+    /// the agent exits non-zero with it.
+    fatal: Option<String>,
 }
 
 /// Loads everything that can fail before touching the host: the config,
@@ -375,13 +380,40 @@ impl Shell {
     fn status(&self) -> StatusView {
         let t = now();
         let counters = self.dp.as_ref().and_then(|d| d.counters().ok());
-        StatusView::from_core(
+        let mut view = StatusView::from_core(
             &self.node.status(t),
             t,
             counters.as_ref(),
             self.xdp.clone(),
             self.failovers.view(t),
-        )
+        );
+        view.protocol_drops.insert(
+            crate::prefilter::UNKNOWN_SOURCE.into(),
+            self.source_filter.dropped(),
+        );
+        view
+    }
+
+    /// Runs the liveness check (see [`crate::liveness`]). If the node can
+    /// no longer serve, the VIPs leave `lo` at once (so the stack cannot
+    /// answer for buckets others are about to own) and the node leaves the
+    /// cluster; the agent then exits non-zero.
+    fn check_liveness(&mut self) -> bool {
+        if self.fatal.is_some() {
+            return false;
+        }
+        let report = crate::liveness::check(self.dp.as_mut(), &mut self.host);
+        for what in &report.repaired {
+            warn!("{what}");
+        }
+        let Some(why) = report.lost else {
+            return false;
+        };
+        error!("this node can no longer serve: {why}; removing the VIPs, leaving the cluster and exiting");
+        self.host.remove_vips();
+        self.node.stop(now());
+        self.fatal = Some(why);
+        true
     }
 
     fn owner(&self, vip: &str, proto: &str, src: &str, dport: u16) -> Response {
@@ -450,6 +482,13 @@ impl Shell {
                 Err(e) => Response::err(e.to_string()),
             },
             Request::Drain { timeout_s } => {
+                if timeout_s.is_some_and(|s| s > crate::config::MAX_DRAIN_TIMEOUT_S) {
+                    return Response::err(format!(
+                        "drain timeout {}s is more than {} (one day)",
+                        timeout_s.unwrap_or_default(),
+                        crate::config::MAX_DRAIN_TIMEOUT_S
+                    ));
+                }
                 self.node.drain(t, timeout_s.map(|s| s * 1_000_000_000));
                 Response::ok("draining: no new flows; existing connections finish, then this node owns nothing")
             }
@@ -602,10 +641,12 @@ async fn protocol_loop(
     for (link, sock) in sh.sockets.iter().enumerate() {
         let sock = sock.clone();
         let tx = dgram_tx.clone();
+        let members_only = sh.source_filter.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
             loop {
                 match sock.recv_from(&mut buf).await {
+                    Ok((_, from)) if !members_only.admits(from) => {}
                     Ok((n, _)) => {
                         if tx.send((link, buf[..n].to_vec())).await.is_err() {
                             return;
@@ -634,6 +675,8 @@ async fn protocol_loop(
     let mut checks = spawn_checks(&sh.cfg);
     let mut tracker = crate::health::Tracker::new(sh.cfg.vips.len());
     let mut flows = tokio::time::interval(Duration::from_millis(500));
+    let mut liveness = tokio::time::interval(crate::liveness::PERIOD);
+    liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop_deadline: Option<tokio::time::Instant> = None;
     sh.node.handle_timeout(now());
     sh.drive();
@@ -649,9 +692,29 @@ async fn protocol_loop(
         let give_up = stop_deadline
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            Some((link, bytes)) = dgrams.recv() => sh.node.handle_datagram(now(), link, &bytes),
+            Some((link, bytes)) = dgrams.recv() => {
+                sh.node.handle_datagram(now(), link, &bytes);
+                // Whatever else is queued, before the next select: a burst
+                // costs one wake-up, and nothing waits behind other arms.
+                for _ in 0..64 {
+                    let Ok((link, bytes)) = dgrams.try_recv() else { break };
+                    sh.node.handle_datagram(now(), link, &bytes);
+                }
+            }
             Some((seq, result)) = written.recv() => sh.written(seq, result),
-            _ = tokio::time::sleep_until(wake) => sh.node.handle_timeout(now()),
+            _ = tokio::time::sleep_until(wake) => {
+                // Datagrams already here count before any silence timer.
+                while let Ok((link, bytes)) = dgrams.try_recv() {
+                    sh.node.handle_datagram(now(), link, &bytes);
+                }
+                let mut buf = [0u8; 2048];
+                for (link, sock) in sh.sockets.clone().iter().enumerate() {
+                    crate::prefilter::drain_ready(sock, &sh.source_filter.clone(), &mut buf, |b| {
+                        sh.node.handle_datagram(now(), link, b)
+                    });
+                }
+                sh.node.handle_timeout(now())
+            }
             Some((req, reply)) = commands.recv() => {
                 let stop = req == Request::Stop;
                 let _ = reply.send(sh.command(req));
@@ -698,6 +761,11 @@ async fn protocol_loop(
                     }
                 }
             }
+            _ = liveness.tick() => {
+                if sh.check_liveness() {
+                    stop_deadline.get_or_insert(tokio::time::Instant::now() + Duration::from_secs(5));
+                }
+            }
             _ = flows.tick() => {
                 sh.report_flows();
                 if let Some(dp) = &mut sh.dp {
@@ -723,6 +791,7 @@ fn bind_sockets(cfg: &Config) -> Result<Vec<std::net::UdpSocket>> {
             let s = std::net::UdpSocket::bind(a)
                 .with_context(|| format!("cluster.listen: binding {a}"))?;
             s.set_nonblocking(true)?;
+            crate::prefilter::widen_receive_buffer(&s);
             Ok(s)
         })
         .collect()
@@ -732,6 +801,10 @@ fn bind_sockets(cfg: &Config) -> Result<Vec<std::net::UdpSocket>> {
 /// [`Exit`] code 2 before anything on the host is touched.
 pub fn run(cfg_path: &Path) -> Result<(), (i32, anyhow::Error)> {
     let cfg = Config::load(cfg_path).map_err(|e| (2, e.into()))?;
+    // Held until the agent exits: one agent per node (see `lock.rs`). Taken
+    // before the state file is read, so a second agent touches nothing.
+    let _lock =
+        crate::lock::NodeLock::acquire(&cfg.state_dir, cfg.node_id).map_err(|e| (1, e.into()))?;
     let (plan, node, key) = prepare(&cfg).map_err(|e| (2, e))?;
     let std_sockets = bind_sockets(&cfg).map_err(|e| (1, e))?;
     let control = server_socket(&cfg).map_err(|e| (1, e))?;
@@ -762,6 +835,7 @@ pub fn run(cfg_path: &Path) -> Result<(), (i32, anyhow::Error)> {
     let (sig_tx, sig_rx) = mpsc::channel::<Signal>(8);
     let prio = cfg.heartbeat_priority;
     let metrics_addr = cfg.metrics;
+    let source_filter = crate::prefilter::SourceFilter::new(&cfg);
     let started = now();
     let proto_thread = std::thread::Builder::new()
         .name("xnlb-proto".into())
@@ -800,10 +874,15 @@ pub fn run(cfg_path: &Path) -> Result<(), (i32, anyhow::Error)> {
                     },
                     installed: None,
                     stopped: false,
+                    source_filter,
+                    fatal: None,
                 };
                 let mut sh = protocol_loop(sh, cmd_rx, sig_rx, written_rx).await;
                 sh.teardown();
-                Ok::<(), std::io::Error>(())
+                match sh.fatal {
+                    Some(why) => Err(std::io::Error::other(format!("stopped serving: {why}"))),
+                    None => Ok::<(), std::io::Error>(()),
+                }
             })
         })
         .map_err(|e| (1, e.into()))?;

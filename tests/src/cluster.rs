@@ -418,6 +418,62 @@ impl Cluster {
         }
     }
 
+    /// The PID of node `id`'s running agent.
+    pub fn agent_pid(&self, id: u8) -> Option<u32> {
+        self.node(id).agent.as_ref().map(|c| c.id())
+    }
+
+    /// Runs one more agent for node `id` with its config, next to the one
+    /// running (it must refuse to start): its exit status (`None`: it was
+    /// still running after `timeout` and was killed) and its error output.
+    pub fn run_second_agent(
+        &self,
+        id: u8,
+        timeout: Duration,
+    ) -> (Option<std::process::ExitStatus>, String) {
+        let node = self.node(id);
+        let log = self.dir.join(format!("agent{id}-second.log"));
+        let logf = std::fs::File::create(&log).expect("log");
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", node.ns.name))
+            .arg("--")
+            .arg(&self.bin)
+            .args(["agent", "--config"])
+            .arg(&node.config)
+            .env("XNLB_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("start second agent");
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                break Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status, std::fs::read_to_string(&log).unwrap_or_default())
+    }
+
+    /// A new namespace plugged into the heartbeat bridge with `addr`/24
+    /// (a stranger on the cluster interconnect). Removed on drop.
+    pub fn join_hb_bridge(&self, tag: &str, addr: Ipv4Addr) -> Netns {
+        let ns = Netns::new(tag);
+        plug(&self.hb, &ns, "eth0", &addr.to_string());
+        ns
+    }
+
+    /// Node `id`'s whole agent log.
+    pub fn log(&self, id: u8) -> String {
+        std::fs::read_to_string(self.dir.join(format!("agent{id}.log"))).unwrap_or_default()
+    }
+
     /// SIGKILL node `id`'s agent (its XDP program and lease stay behind).
     pub fn kill(&mut self, id: u8) {
         self.signal(id, libc::SIGKILL);
@@ -676,11 +732,6 @@ impl Cluster {
     /// Node `id`'s `node.state_dir`.
     pub fn state_dir(&self, id: u8) -> PathBuf {
         self.dir.join(format!("state{id}"))
-    }
-
-    /// Node `id`'s whole agent log.
-    pub fn log(&self, id: u8) -> String {
-        std::fs::read_to_string(self.dir.join(format!("agent{id}.log"))).unwrap_or_default()
     }
 
     /// UDP ids accepted by more than one node (an overlap: must be empty).

@@ -1058,8 +1058,13 @@ fn forged_and_replayed_heartbeats_change_nothing_and_are_counted() {
     let prober = c.prober(80_000_000);
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let mut sent: HashMap<u8, u64> = HashMap::new();
-    c.client.enter(|| {
-        let s = UdpSocket::bind((CLIENT, 0)).expect("bind");
+    // Sent from a member's address (node `from`'s, another port): the
+    // agents' prefilter drops datagrams from any other source before the
+    // core sees them (counted as unknown_source, checked below), so only
+    // a forger who spoofs or holds a member's address reaches the checks
+    // this test is about.
+    c.ns(from).enter(|| {
+        let s = UdpSocket::bind((Ipv4Addr::new(198, 18, 1, from), 0)).expect("bind");
         let mut send = |node: u8, bytes: &[u8]| {
             s.send_to(bytes, (Ipv4Addr::new(198, 18, 1, node), HB_PORT))
                 .expect("send");
@@ -1091,6 +1096,17 @@ fn forged_and_replayed_heartbeats_change_nothing_and_are_counted() {
             let mut b = hb.clone();
             b[pos] ^= 1 << (pos % 8);
             send(to, &b);
+        }
+    });
+    // The same junk from a stranger (the client) never reaches the core.
+    c.client.enter(|| {
+        let s = UdpSocket::bind((CLIENT, 0)).expect("bind");
+        for node in [1u8, 2, 3] {
+            for _ in 0..20 {
+                s.send_to(b"XN\x01junk", (Ipv4Addr::new(198, 18, 1, node), HB_PORT))
+                    .expect("send");
+                std::thread::sleep(Duration::from_millis(2));
+            }
         }
     });
     std::thread::sleep(Duration::from_millis(700));
@@ -1125,6 +1141,10 @@ fn forged_and_replayed_heartbeats_change_nothing_and_are_counted() {
         assert!(
             drops(a, "bad_mac") - drops(b, "bad_mac") >= 20,
             "node {id}: bad_mac"
+        );
+        assert!(
+            drops(a, "unknown_source") - drops(b, "unknown_source") >= 20,
+            "node {id}: datagrams from a stranger counted as unknown_source"
         );
     }
     let (ib, ia) = (&before[to as usize - 1], &after[to as usize - 1]);

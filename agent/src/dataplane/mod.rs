@@ -1,11 +1,14 @@
 //! The XDP data plane from userspace: load or adopt the pinned program and
 //! maps, install tables atomically, extend the lease, read counters.
 
+mod attach;
 mod bpffs;
 mod error;
+mod link;
 mod object;
 mod table;
 
+pub use attach::AttachmentCheck;
 pub use error::DataplaneError;
 pub use object::embedded_object;
 pub use table::Dataplane;

@@ -2,8 +2,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
-use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{Xdp, XdpMode};
+use aya::programs::Xdp;
 use aya::{Ebpf, EbpfLoader};
 use xnlb_common::{
     ctrl, map_name, slot_state, Counters, FlowKey, FlowValue, Table, LAYOUT_VERSION, MAX_BUCKETS,
@@ -28,6 +27,9 @@ pub struct Dataplane {
     pin_dir: PathBuf,
     active: u32,
     last_flip: Option<Instant>,
+    /// Where and how the filter is attached, with the agent's own hold on
+    /// the link (see `attach.rs`).
+    pub(super) attachment: Option<super::attach::Attachment>,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -67,6 +69,7 @@ impl Dataplane {
             pin_dir: pin_dir.to_owned(),
             active: 0,
             last_flip: None,
+            attachment: None,
         };
         let version = dp.ctrl_get(ctrl::VERSION)?;
         if version == 0 {
@@ -196,59 +199,6 @@ impl Dataplane {
             }
         }
         Ok(sum)
-    }
-
-    fn link_pin(&self, interface: &str) -> PathBuf {
-        self.pin_dir.join(format!("link_{interface}"))
-    }
-
-    /// Attaches the filter to `interface` in `mode`, pinning the link so the
-    /// program keeps filtering (and fences itself when its lease runs out)
-    /// if the agent dies. If a previous agent left a pinned link, its
-    /// program is replaced atomically instead: no packet is ever unfiltered.
-    /// Returns how it was attached, for the log.
-    pub fn attach(
-        &mut self,
-        interface: &str,
-        mode: XdpMode,
-    ) -> Result<&'static str, DataplaneError> {
-        let pin = self.link_pin(interface);
-        let prog_err = |source| DataplaneError::Program {
-            name: PROG_FILTER,
-            source,
-        };
-        if let Ok(pinned) = PinnedLink::from_pin(&pin) {
-            let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned))
-                .map_err(|e| DataplaneError::Link(e.to_string()))?;
-            self.program(PROG_FILTER)?
-                .attach_to_link(link)
-                .map_err(prog_err)?;
-            return Ok("adopted the pinned link (program replaced atomically)");
-        }
-        let prog = self.program(PROG_FILTER)?;
-        let id = prog.attach(interface, mode).map_err(prog_err)?;
-        let link = prog.take_link(id).map_err(prog_err)?;
-        let fd = FdLink::try_from(link).map_err(|e| DataplaneError::Link(e.to_string()))?;
-        fd.pin(&pin)
-            .map_err(|e| DataplaneError::Link(e.to_string()))?;
-        Ok(match mode {
-            XdpMode::Skb => "generic (skb) mode",
-            XdpMode::Driver => "native (driver) mode",
-            XdpMode::Hardware => "offloaded mode",
-            XdpMode::Default => "kernel-chosen mode",
-        })
-    }
-
-    /// Detaches the filter from `interface` (graceful leave).
-    pub fn detach(&mut self, interface: &str) -> Result<(), DataplaneError> {
-        let pin = self.link_pin(interface);
-        match PinnedLink::from_pin(&pin) {
-            Ok(p) => {
-                p.unpin().map_err(|e| DataplaneError::Link(e.to_string()))?;
-                Ok(())
-            }
-            Err(_) => Ok(()),
-        }
     }
 
     /// Removes the pinned maps (after [`Dataplane::detach`], on a graceful
