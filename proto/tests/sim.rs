@@ -78,3 +78,21 @@ fn bench_prints_a_row_per_cluster_size() {
     let text = String::from_utf8(out).unwrap_or_default();
     assert_eq!(text.lines().count(), 3, "{text}");
 }
+
+/// The lease proof assumes clock rates within `MAX_CLOCK_SKEW_PPM` (1 %) of
+/// real time. Past that bound S1 can be lost, and the simulator's checks
+/// must see it: with rates off by up to 15 % some seeds overlap. (Real
+/// crystals are within 0.01 %; NTP slews at most 0.05 %.)
+#[test]
+fn clock_skew_past_the_assumed_bound_is_caught_by_the_checks() {
+    use xnlb_proto::sim::{run_scenario, Scenario};
+    let caught = (0..400u64)
+        .filter(|&seed| {
+            let mut sc = Scenario::generate(seed, 3 + (seed % 3) as usize);
+            sc.skew_ppm = 150_000;
+            run_scenario(sc).is_err_and(|e| e.contains("S1") || e.contains("S2"))
+        })
+        .count();
+    assert!(caught > 0, "no seed of 400 overlapped at 15 % skew");
+    println!("15 % skew: {caught} of 400 seeds violate S1/S2");
+}

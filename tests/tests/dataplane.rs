@@ -569,3 +569,73 @@ fn installing_a_table_switches_every_verdict_at_once() {
         assert_eq!(fx.dp.current_table().expect("table").state[..], t.state[..]);
     }
 }
+
+#[test]
+fn a_later_fragment_is_not_taken_once_its_slot_moved_away() {
+    let mut fx = Fixture::new();
+    let mut t = table(slot_state::OWNED);
+    fx.serve(&t);
+    let (vip, c) = (IpAddr::from(VIP4), client4(7));
+    let p = 4242;
+    let slot = slot_of(&t, vip, c, ipproto::UDP, p, 80);
+    let first = IpOpts {
+        id: 0x7777,
+        frag: Some((0, true)),
+        ..IpOpts::default()
+    };
+    let udp = L4::Udp {
+        sport: p,
+        dport: 80,
+        len: 64,
+    };
+    assert_eq!(fx.run(&frame(CMAC4, c, vip, &udp, &first)).action, PASS);
+    // The slot moves to another node; the IP id comes round again there.
+    t.state[slot] = slot_state::NOT_OWNED;
+    fx.dp.install(&t).expect("install");
+    let later = IpOpts {
+        id: 0x7777,
+        frag: Some((9, false)),
+        ..IpOpts::default()
+    };
+    let raw = L4::Raw {
+        proto: ipproto::UDP,
+        payload: vec![0xab; 40],
+    };
+    assert_eq!(
+        fx.run(&frame(CMAC4, c, vip, &raw, &later)).action,
+        DROP,
+        "a stale fragment entry must not outlive its slot"
+    );
+}
+
+#[test]
+fn a_fenced_node_tracks_nothing_it_dropped_and_reads_no_clock_for_slots_it_lacks() {
+    let mut fx = Fixture::new();
+    let vip: IpAddr = VIP4.into();
+    let c = client4(11);
+    let mut t = table(slot_state::OWNED);
+    fx.serve(&t);
+    fx.dp.set_lease(0).expect("lease");
+    let port = 41_000;
+    let slot = slot_of(&t, vip, c, ipproto::TCP, port, 80);
+    let pkt = |flags: u8| frame(CMAC4, c, vip, &tcp(port, 80, flags), &IpOpts::default());
+    let before = fx.counters();
+    assert_eq!(fx.run(&pkt(SYN)).action, DROP, "fenced");
+    assert_eq!(delta(&before, &fx.counters(), counter::DROPPED_FENCED), 1);
+    // Serving again, the slot releasing: the SYN it dropped while fenced
+    // must not have been tracked (another node took that connection).
+    t.state[slot] = slot_state::RELEASING;
+    fx.dp.install(&t).expect("install");
+    fx.dp
+        .set_lease(xnlb::dataplane::boottime_ns() + 10_000_000_000)
+        .expect("lease");
+    assert_eq!(fx.run(&pkt(ACK)).action, DROP);
+    // A slot it does not hold is a plain not-owner drop, fenced or not.
+    t.state[slot] = slot_state::NOT_OWNED;
+    fx.dp.install(&t).expect("install");
+    fx.dp.set_lease(0).expect("lease");
+    let before = fx.counters();
+    assert_eq!(fx.run(&pkt(SYN)).action, DROP);
+    assert_eq!(delta(&before, &fx.counters(), counter::DROPPED_NOT_OWNER), 1);
+    assert_eq!(delta(&before, &fx.counters(), counter::DROPPED_FENCED), 0);
+}

@@ -1079,9 +1079,10 @@ fn forged_and_replayed_heartbeats_change_nothing_and_are_counted() {
                 b[0] = b'Z';
                 send(node, &b);
             }
-            // Forged: magic and version right, MAC made up.
+            // Forged: magic and version right (the captured heartbeat's
+            // version byte), MAC made up.
             for _ in 0..20 {
-                let mut b = b"XN\x01".to_vec();
+                let mut b = vec![b'X', b'N', hb[2]];
                 b.extend((0..rng.gen_range(40..200)).map(|_| rng.gen::<u8>()));
                 send(node, &b);
             }

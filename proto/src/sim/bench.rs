@@ -16,6 +16,7 @@ fn clean_scenario(seed: u64, nodes: usize) -> Scenario {
         weights: vec![100; nodes],
         failback: vec![Failback::Auto; nodes],
         chaos_ns: 0,
+        skew_ppm: crate::quorum::MAX_CLOCK_SKEW_PPM * 9 / 10,
     }
 }
 

@@ -99,6 +99,10 @@ pub struct Scenario {
     pub failback: Vec<Failback>,
     /// Length of the random-fault phase (ns).
     pub chaos_ns: u64,
+    /// Largest clock-rate error of any node (ppm). Within the protocol's
+    /// assumed bound ([`quorum::MAX_CLOCK_SKEW_PPM`]) by default; a test
+    /// raises it past the bound to show the checks then catch overlaps.
+    pub skew_ppm: u64,
 }
 
 impl Scenario {
@@ -149,6 +153,7 @@ impl Scenario {
             weights,
             failback,
             chaos_ns,
+            skew_ppm: quorum::MAX_CLOCK_SKEW_PPM * 9 / 10,
         }
     }
 
@@ -266,7 +271,7 @@ impl World {
         let mut rng = Rng::new(scenario.seed);
         let n = scenario.nodes;
         let slots = scenario.buckets as usize + scenario.singles;
-        let eps = quorum::MAX_CLOCK_SKEW_PPM as i64 * 9 / 10;
+        let eps = scenario.skew_ppm as i64;
         let mut nodes = Vec::new();
         for i in 0..n {
             let ppm = rng.range(0, 2 * eps as u64 + 1) as i64 - eps;
@@ -1078,7 +1083,11 @@ pub struct Outcome {
 /// Runs one seed end to end: chaos, calm, convergence, then a clean crash
 /// checked for S5 and S7. `Err` carries the first violation.
 pub fn run_seed(seed: u64, nodes: usize) -> Result<Outcome, String> {
-    let sc = Scenario::generate(seed, nodes);
+    run_scenario(Scenario::generate(seed, nodes))
+}
+
+/// Runs one scenario end to end, as [`run_seed`] does.
+pub fn run_scenario(sc: Scenario) -> Result<Outcome, String> {
     let chaos = sc.chaos_ns;
     let mut w = World::new(sc);
     w.run_until(500 * MS);
