@@ -636,6 +636,9 @@ fn a_fenced_node_tracks_nothing_it_dropped_and_reads_no_clock_for_slots_it_lacks
     fx.dp.set_lease(0).expect("lease");
     let before = fx.counters();
     assert_eq!(fx.run(&pkt(SYN)).action, DROP);
-    assert_eq!(delta(&before, &fx.counters(), counter::DROPPED_NOT_OWNER), 1);
+    assert_eq!(
+        delta(&before, &fx.counters(), counter::DROPPED_NOT_OWNER),
+        1
+    );
     assert_eq!(delta(&before, &fx.counters(), counter::DROPPED_FENCED), 0);
 }
