@@ -125,7 +125,18 @@ mod tests {
         // Another node id is another lock.
         NodeLock::acquire(&dir, 8).expect("node 8 is free");
         drop(first);
-        NodeLock::acquire(&dir, 7).expect("free again once the holder is gone");
+        // Another test of this process may fork at this moment: its child
+        // shares our descriptor until it execs (close-on-exec), so allow
+        // that window to pass.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let again = loop {
+            match NodeLock::acquire(&dir, 7) {
+                Ok(l) => break Ok(l),
+                Err(e) if std::time::Instant::now() > deadline => break Err(e),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        };
+        again.expect("free again once the holder is gone");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

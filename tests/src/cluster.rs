@@ -391,22 +391,7 @@ impl Cluster {
             .append(true)
             .open(&log)
             .expect("log");
-        // nsenter enters only the network namespace: `ip netns exec` would
-        // also give the agent a private mount namespace, and its bpffs pins
-        // (which must outlive it) would vanish with it.
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", node.ns.name))
-            .arg("--")
-            .arg(&bin)
-            .args(["agent", "--config"])
-            .arg(&node.config)
-            .env("XNLB_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .expect("start agent");
-        node.agent = Some(child);
+        node.agent = Some(spawn_agent(&bin, &node.ns, &node.config, logf));
     }
 
     fn signal(&mut self, id: u8, sig: i32) {
@@ -434,18 +419,7 @@ impl Cluster {
         let node = self.node(id);
         let log = self.dir.join(format!("agent{id}-second.log"));
         let logf = std::fs::File::create(&log).expect("log");
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", node.ns.name))
-            .arg("--")
-            .arg(&self.bin)
-            .args(["agent", "--config"])
-            .arg(&node.config)
-            .env("XNLB_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .expect("start second agent");
+        let mut child = spawn_agent(&self.bin, &node.ns, &node.config, logf);
         let deadline = Instant::now() + timeout;
         let status = loop {
             if let Ok(Some(st)) = child.try_wait() {
@@ -765,6 +739,26 @@ impl Drop for Cluster {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Starts the agent `bin` with `config` in `ns`, its log to `log`.
+///
+/// nsenter enters only the network namespace: `ip netns exec` would also
+/// give the agent a private mount namespace, and its bpffs pins (which must
+/// outlive it) would vanish with it.
+fn spawn_agent(bin: &Path, ns: &Netns, config: &Path, log: std::fs::File) -> Child {
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", ns.name))
+        .arg("--")
+        .arg(bin)
+        .args(["agent", "--config"])
+        .arg(config)
+        .env("XNLB_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start agent")
 }
 
 fn config_text(
