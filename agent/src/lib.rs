@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod plan;
 pub mod prefilter;
 pub mod runtime;
+pub mod sockets;
 pub mod state_file;
 pub mod status;
