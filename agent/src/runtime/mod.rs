@@ -302,3 +302,5 @@ pub async fn status_via(commands: &mpsc::Sender<Command>) -> Option<StatusView> 
     serde_json::from_value(resp.data).ok()
 }
 
+#[cfg(test)]
+mod tests;
