@@ -16,11 +16,16 @@ pub(super) struct Cluster {
     pub name: String,
     pub listen: Vec<SocketAddr>,
     pub buckets: u32,
+    pub timers: Timers,
+    /// By id, this node's weight from `[node]`.
+    pub members: Vec<Member>,
+}
+
+/// `cluster.heartbeat_interval_ms`, `dead_after_ms` and `drain_timeout_s`.
+pub(super) struct Timers {
     pub heartbeat_interval_ms: u64,
     pub dead_after_ms: u64,
     pub drain_timeout_s: u64,
-    /// By id, this node's weight from `[node]`.
-    pub members: Vec<Member>,
 }
 
 /// Validates `c`; `raw_node` and `node` locate and check this node's entry.
@@ -44,24 +49,18 @@ pub(super) fn parse(
             format!("{hb} is not in 1..={MAX_HEARTBEAT_INTERVAL_MS} (at most 10 s)"),
         );
     }
-    let drain_timeout_s = *c.drain_timeout_s.get_ref();
-    if drain_timeout_s > MAX_DRAIN_TIMEOUT_S {
-        return cx.err(
-            c.drain_timeout_s.span(),
-            "cluster.drain_timeout_s",
-            format!("{drain_timeout_s} is more than {MAX_DRAIN_TIMEOUT_S} (one day)"),
-        );
-    }
-    let dead = *c.dead_after_ms.get_ref();
-    if dead > MAX_DEAD_AFTER_MS {
-        return cx.err(
-            c.dead_after_ms.span(),
-            "cluster.dead_after_ms",
-            format!(
-                "{dead} is more than {MAX_DEAD_AFTER_MS} (60 s): a member silent that long is dead"
-            ),
-        );
-    }
+    let drain_timeout_s = cx.at_most(
+        &c.drain_timeout_s,
+        MAX_DRAIN_TIMEOUT_S,
+        "cluster.drain_timeout_s",
+        "(one day)",
+    )?;
+    let dead = cx.at_most(
+        &c.dead_after_ms,
+        MAX_DEAD_AFTER_MS,
+        "cluster.dead_after_ms",
+        "(60 s): a member silent that long is dead",
+    )?;
     if dead < 3 * hb {
         return cx.err(
             c.dead_after_ms.span(),
@@ -77,9 +76,11 @@ pub(super) fn parse(
         name: name.clone(),
         listen,
         buckets,
-        heartbeat_interval_ms: hb,
-        dead_after_ms: dead,
-        drain_timeout_s,
+        timers: Timers {
+            heartbeat_interval_ms: hb,
+            dead_after_ms: dead,
+            drain_timeout_s,
+        },
         members,
     })
 }

@@ -107,4 +107,18 @@ impl Ctx<'_> {
             )
         }
     }
+
+    /// `v` if it is at most `max`, else an error saying so and `why`.
+    pub fn at_most(
+        &self,
+        v: &Spanned<u64>,
+        max: u64,
+        key: &str,
+        why: &str,
+    ) -> Result<u64, ConfigError> {
+        match *v.get_ref() {
+            x if x <= max => Ok(x),
+            x => self.err(v.span(), key, format!("{x} is more than {max} {why}")),
+        }
+    }
 }

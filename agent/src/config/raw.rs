@@ -145,22 +145,29 @@ pub(super) struct RawVip {
     pub health: Option<RawHealth>,
 }
 
-/// `[vip.health]`.
+/// `[vip.health]`: every key may be left out.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub(super) struct RawHealth {
-    #[serde(default)]
     pub tcp: Option<Spanned<String>>,
-    #[serde(default)]
     pub command: Option<Spanned<String>>,
-    #[serde(default = "defaults::health_interval_ms")]
     pub interval_ms: Spanned<u64>,
-    #[serde(default = "defaults::health_timeout_ms")]
     pub timeout_ms: Spanned<u64>,
-    #[serde(default = "defaults::health_fall")]
     pub fall: Spanned<u32>,
-    #[serde(default = "defaults::health_rise")]
     pub rise: Spanned<u32>,
+}
+
+impl Default for RawHealth {
+    fn default() -> RawHealth {
+        RawHealth {
+            tcp: None,
+            command: None,
+            interval_ms: defaults::health_interval_ms(),
+            timeout_ms: defaults::health_timeout_ms(),
+            fall: defaults::health_fall(),
+            rise: defaults::health_rise(),
+        }
+    }
 }
 
 /// `[[vip.rule]]`.
@@ -178,14 +185,12 @@ pub(super) struct RawRule {
     pub priority: Option<Spanned<Vec<i64>>>,
 }
 
-/// `[control]`.
+/// `[control]`: every key may be left out, and the table too.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub(super) struct RawControl {
-    #[serde(default = "defaults::socket")]
     pub socket: Spanned<String>,
     /// `""` disables the endpoint.
-    #[serde(default = "defaults::metrics")]
     pub metrics: Spanned<String>,
 }
 

@@ -22,6 +22,18 @@ const MODES: [(&str, Mode); 3] = [
     ("disabled", Mode::Disabled),
 ];
 
+const PROTOCOLS: [(&str, Protocol); 3] = [
+    ("tcp", Protocol::Tcp),
+    ("udp", Protocol::Udp),
+    ("both", Protocol::Both),
+];
+
+const AFFINITIES: [(&str, Affinity); 3] = [
+    ("none", Affinity::None),
+    ("single", Affinity::Single),
+    ("network", Affinity::Network),
+];
+
 /// Every `[[vip]]`, in file order.
 pub(super) fn parse(cx: &Ctx, raw: &[RawVip], members: &[Member]) -> Result<Vec<Vip>, ConfigError> {
     let mut vips = Vec::new();
@@ -102,15 +114,7 @@ pub(super) fn parse(cx: &Ctx, raw: &[RawVip], members: &[Member]) -> Result<Vec<
 
 /// One `[[vip.rule]]`; `key` is its dotted name.
 fn rule(cx: &Ctx, r: &RawRule, key: &str, members: &[Member]) -> Result<PortRule, ConfigError> {
-    let protocol = cx.choice(
-        &r.protocol,
-        &format!("{key}.protocol"),
-        &[
-            ("tcp", Protocol::Tcp),
-            ("udp", Protocol::Udp),
-            ("both", Protocol::Both),
-        ],
-    )?;
+    let protocol = cx.choice(&r.protocol, &format!("{key}.protocol"), &PROTOCOLS)?;
     let Some((port_lo, port_hi)) = parse_ports(r.ports.get_ref()) else {
         return cx.err(
             r.ports.span(),
@@ -122,15 +126,7 @@ fn rule(cx: &Ctx, r: &RawRule, key: &str, members: &[Member]) -> Result<PortRule
         );
     };
     let mode = cx.choice(&r.mode, &format!("{key}.mode"), &MODES)?;
-    let affinity = cx.choice(
-        &r.affinity,
-        &format!("{key}.affinity"),
-        &[
-            ("none", Affinity::None),
-            ("single", Affinity::Single),
-            ("network", Affinity::Network),
-        ],
-    )?;
+    let affinity = cx.choice(&r.affinity, &format!("{key}.affinity"), &AFFINITIES)?;
     if let (Some(p), false) = (&r.priority, mode == Mode::Single) {
         return cx.err(
             p.span(),

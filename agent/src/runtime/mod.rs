@@ -51,7 +51,7 @@ use crate::status::StatusView;
 use failovers::Failovers;
 use persistence::{state_file, Outbox};
 use shell::{Peers, Shell};
-use startup::Started;
+use startup::{ShellParts, Started};
 
 /// What the operator asks of a running agent, besides control requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,35 +165,18 @@ pub async fn run_with(
 ) -> Result<(), RunError> {
     let Started {
         lock: _lock,
-        cfg,
-        plan,
-        node,
-        key,
-        heartbeat,
         control,
-        dataplane,
-        host,
+        parts,
     } = startup::start(cfg, &deps)?;
-    let metrics = cfg.metrics;
+    let metrics = parts.cfg.metrics;
     let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(64);
     let (sig_tx, sig_rx) = mpsc::channel::<Signal>(8);
     let (done_tx, mut done) = oneshot::channel();
-    let (dp, xdp) = dataplane.unzip();
-    let shell = ShellParts {
-        cfg,
-        plan,
-        node,
-        key,
-        heartbeat,
-        dp,
-        xdp,
-        host,
-    };
     let proto_thread = std::thread::Builder::new()
         .name("xnlb-proto".into())
         .spawn(move || {
             // The receiver is gone only if run_with was dropped.
-            let _ = done_tx.send(protocol_thread(shell, cmd_rx, sig_rx));
+            let _ = done_tx.send(protocol_thread(parts, cmd_rx, sig_rx));
         })
         .map_err(RunError::io("starting the protocol thread"))?;
 
@@ -233,18 +216,6 @@ pub async fn run_with(
     }
 }
 
-/// What the protocol thread is handed to build its [`Shell`].
-struct ShellParts {
-    cfg: Config,
-    plan: Plan,
-    node: xnlb_proto::Node,
-    key: Vec<u8>,
-    heartbeat: Vec<std::net::UdpSocket>,
-    dp: Option<Dataplane>,
-    xdp: Option<String>,
-    host: Host,
-}
-
 /// The protocol thread: its own runtime, the [`Shell`], the event loop,
 /// then the teardown. Its result is the agent's.
 fn protocol_thread(
@@ -267,6 +238,7 @@ fn protocol_thread(
         let (written_tx, written_rx) = mpsc::unbounded_channel();
         let writer = Writer::spawn(state_file(&parts.cfg), written_tx)
             .map_err(RunError::io("starting the state file writer"))?;
+        let (dp, xdp) = parts.dataplane.unzip();
         let sh = Shell {
             peers: Peers::new(&parts.cfg),
             source_filter: SourceFilter::new(&parts.cfg),
@@ -274,9 +246,9 @@ fn protocol_thread(
             cfg: parts.cfg,
             plan: parts.plan,
             node: parts.node,
-            dp: parts.dp,
+            dp,
             host: parts.host,
-            xdp: parts.xdp,
+            xdp,
             key: parts.key,
             writer,
             outbox: Outbox::default(),

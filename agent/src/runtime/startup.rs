@@ -22,13 +22,20 @@ use crate::plan::{plan, proto_config, Plan};
 pub(super) struct Started {
     /// Held until the agent exits.
     pub lock: NodeLock,
+    pub control: UnixListener,
+    /// Everything the protocol thread takes.
+    pub parts: ShellParts,
+}
+
+/// What the protocol thread is handed to build its
+/// [`Shell`](super::shell::Shell).
+pub(super) struct ShellParts {
     pub cfg: Config,
     pub plan: Plan,
     pub node: Node,
     pub key: Vec<u8>,
     /// One per `cluster.listen` address, in order.
     pub heartbeat: Vec<std::net::UdpSocket>,
-    pub control: UnixListener,
     /// The data plane and how it is attached (none on a witness).
     pub dataplane: Option<(Dataplane, String)>,
     pub host: Host,
@@ -59,16 +66,19 @@ pub(super) fn start(cfg: Config, deps: &Dependencies) -> Result<Started, RunErro
         Role::Active | Role::Standby => (deps.dataplane)(&cfg, &plan)?,
     };
     let host = (deps.host)(&cfg)?;
-    Ok(Started {
-        lock,
+    let parts = ShellParts {
         cfg,
         plan,
         node,
         key,
         heartbeat,
-        control,
         dataplane,
         host,
+    };
+    Ok(Started {
+        lock,
+        control,
+        parts,
     })
 }
 
