@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::config::Config;
+use crate::config::{Config, MacMode};
 
 /// Why host setup failed.
 #[derive(Debug, thiserror::Error)]
@@ -134,17 +134,16 @@ fn mac_text(m: [u8; 6]) -> String {
 }
 
 /// The cluster MAC of a VIP (DESIGN 1).
-pub fn cluster_mac(vip: IpAddr, unicast: bool) -> [u8; 6] {
+pub fn cluster_mac(vip: IpAddr, mac: MacMode) -> [u8; 6] {
     let b = crate::flow::ip_bytes(vip);
     let fam = if vip.is_ipv4() {
         xnlb_common::family::V4
     } else {
         xnlb_common::family::V6
     };
-    let mode = if unicast {
-        xnlb_common::mac_mode::UNICAST
-    } else {
-        xnlb_common::mac_mode::MULTICAST
+    let mode = match mac {
+        MacMode::Unicast => xnlb_common::mac_mode::UNICAST,
+        MacMode::Multicast => xnlb_common::mac_mode::MULTICAST,
     };
     xnlb_common::cluster_mac(mode, &b, fam)
 }
@@ -373,13 +372,15 @@ impl Host {
         for v in &cfg.vips {
             add_vip(v.address)?;
             self.vips.push(v.address);
-            if v.unicast_mac {
-                if !self.promisc {
+            match v.mac_mode {
+                MacMode::Unicast if !self.promisc => {
                     run(&["ip", "link", "set", "dev", interface, "promisc", "on"])?;
                     self.promisc = true;
                 }
-            } else {
-                self.add_maddr(interface, cluster_mac(v.address, false))?;
+                MacMode::Unicast => {}
+                MacMode::Multicast => {
+                    self.add_maddr(interface, cluster_mac(v.address, MacMode::Multicast))?
+                }
             }
             if let IpAddr::V6(a) = v.address {
                 // Neighbour solicitations for the VIP go to its

@@ -138,7 +138,7 @@ fn main() -> ExitCode {
     let result: Result<(), (u8, String)> = match cli.cmd {
         Cmd::Agent { config } => {
             init_logging();
-            xnlb::runtime::run(&config).map_err(|(code, e)| (code as u8, format!("{e:#}")))
+            xnlb::runtime::run(&config).map_err(|e| (e.exit_code(), e.to_string()))
         }
         Cmd::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {

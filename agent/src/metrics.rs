@@ -22,19 +22,28 @@ use crate::status::StatusView;
 
 type Labels = Vec<(String, String)>;
 
+/// A counter family with one counter per entry of `values`, labelled
+/// `label`.
+fn counters_by(
+    label: &str,
+    values: &std::collections::BTreeMap<String, u64>,
+) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    for (name, v) in values {
+        family
+            .get_or_create(&vec![(label.to_string(), name.clone())])
+            .inc_by(*v);
+    }
+    family
+}
+
 /// Renders `s` in the Prometheus text format.
 pub fn render(s: &StatusView) -> String {
     let mut reg = Registry::with_prefix("xnlb");
-    let packets = Family::<Labels, Counter>::default();
-    for (verdict, v) in &s.counters {
-        packets
-            .get_or_create(&vec![("verdict".into(), verdict.clone())])
-            .inc_by(*v);
-    }
     reg.register(
         "packets",
         "Data-plane packets by verdict (all CPUs)",
-        packets,
+        counters_by("verdict", &s.counters),
     );
     let members = Family::<Labels, Gauge>::default();
     for st in ["alive", "suspect", "dead", "left", "draining", "drained"] {
@@ -48,51 +57,43 @@ pub fn render(s: &StatusView) -> String {
         "Other members by state, as this node sees them",
         members,
     );
-    let gauge = |v: i64| {
+    let gauges: [(&str, &str, i64); 6] = [
+        (
+            "quorum",
+            "1 while this node is in a quorum",
+            s.quorum.has as i64,
+        ),
+        (
+            "quorum_votes",
+            "Voters this node hears, itself included",
+            s.quorum.votes as i64,
+        ),
+        ("epoch", "Installed epoch of the bucket map", s.epoch as i64),
+        (
+            "converged",
+            "1 when all live members agree and no handoff is open",
+            s.converged as i64,
+        ),
+        (
+            "buckets_owned",
+            "Buckets this node owns",
+            s.buckets.owned as i64,
+        ),
+        (
+            "lease_remaining_ms",
+            "Lease left before the data plane fences itself",
+            s.lease_ms as i64,
+        ),
+    ];
+    for (name, help, v) in gauges {
         let g = Gauge::<i64>::default();
         g.set(v);
-        g
-    };
-    reg.register(
-        "quorum",
-        "1 while this node is in a quorum",
-        gauge(s.quorum.has as i64),
-    );
-    reg.register(
-        "quorum_votes",
-        "Voters this node hears, itself included",
-        gauge(s.quorum.votes as i64),
-    );
-    reg.register(
-        "epoch",
-        "Installed epoch of the bucket map",
-        gauge(s.epoch as i64),
-    );
-    reg.register(
-        "converged",
-        "1 when all live members agree and no handoff is open",
-        gauge(s.converged as i64),
-    );
-    reg.register(
-        "buckets_owned",
-        "Buckets this node owns",
-        gauge(s.buckets.owned as i64),
-    );
-    reg.register(
-        "lease_remaining_ms",
-        "Lease left before the data plane fences itself",
-        gauge(s.lease_ms as i64),
-    );
-    let drops = Family::<Labels, Counter>::default();
-    for (reason, v) in &s.protocol_drops {
-        drops
-            .get_or_create(&vec![("reason".into(), reason.clone())])
-            .inc_by(*v);
+        reg.register(name, help, g);
     }
     reg.register(
         "cluster_datagrams_dropped",
         "Cluster datagrams dropped, by reason (forged, replayed, malformed...)",
-        drops,
+        counters_by("reason", &s.protocol_drops),
     );
     let hist = Histogram::new([
         25.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0, 750.0, 1000.0, 2000.0, 5000.0,

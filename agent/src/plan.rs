@@ -8,7 +8,7 @@ use xnlb_common::{
     Vip as DpVip,
 };
 
-use crate::config::{Affinity, Config, Mode, Protocol, Role};
+use crate::config::{Affinity, Config, MacMode, Mode, Protocol, Role};
 use crate::flow::ip_bytes;
 
 /// What a configuration compiles to.
@@ -49,10 +49,9 @@ pub fn plan(cfg: &Config) -> Plan {
             } else {
                 family::V6
             },
-            mac_mode: if v.unicast_mac {
-                mac_mode::UNICAST
-            } else {
-                mac_mode::MULTICAST
+            mac_mode: match v.mac_mode {
+                MacMode::Unicast => mac_mode::UNICAST,
+                MacMode::Multicast => mac_mode::MULTICAST,
             },
             default_mode: dp_mode(v.default),
             index: i as u16,
@@ -106,9 +105,14 @@ fn fingerprint(cfg: &Config) -> [u8; 32] {
         text += &format!("member {} {:?} links={}\n", m.id, m.role, m.addrs.len());
     }
     for v in &cfg.vips {
+        // `unicast=true|false`, as when the mode was a bool: the text is
+        // hashed into every datagram, so it must not change.
         text += &format!(
             "vip {} unicast={} default={:?} {:?}\n",
-            v.address, v.unicast_mac, v.default, v.default_priority
+            v.address,
+            v.mac_mode == MacMode::Unicast,
+            v.default,
+            v.default_priority
         );
         for r in &v.rules {
             text += &format!(
@@ -154,9 +158,9 @@ pub fn cluster_wide_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             .iter()
             .map(|v| {
                 format!(
-                    "{} {} {:?} {:?} {:?}",
+                    "{} {:?} {:?} {:?} {:?}",
                     v.address,
-                    v.unicast_mac,
+                    v.mac_mode,
                     v.default,
                     v.default_priority,
                     v.rules
@@ -195,11 +199,7 @@ pub fn proto_config(cfg: &Config, plan: &Plan, key: Vec<u8>) -> xnlb_proto::Conf
             .iter()
             .map(|m| xnlb_proto::MemberConfig {
                 id: m.id,
-                role: match m.role {
-                    Role::Active => xnlb_proto::Role::Active,
-                    Role::Standby => xnlb_proto::Role::Standby,
-                    Role::Witness => xnlb_proto::Role::Witness,
-                },
+                role: m.role,
                 weight: m.weight,
                 addrs: m.addrs.len(),
             })
@@ -209,12 +209,61 @@ pub fn proto_config(cfg: &Config, plan: &Plan, key: Vec<u8>) -> xnlb_proto::Conf
         heartbeat_interval_ns: cfg.heartbeat_interval_ms * 1_000_000,
         dead_after_ns: cfg.dead_after_ms * 1_000_000,
         drain_timeout_ns: cfg.drain_timeout_s * 1_000_000_000,
-        failback: if cfg.failback_manual {
-            xnlb_proto::Failback::Manual
-        } else {
-            xnlb_proto::Failback::Auto
-        },
+        failback: cfg.failback,
         key,
         fingerprint: plan.fingerprint,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fingerprint travels in every datagram: its text must not change
+    /// with the agent's types (a role, a MAC mode), or nodes of two builds
+    /// would refuse each other.
+    #[test]
+    fn the_fingerprint_text_is_stable() {
+        let src = r#"
+[node]
+id = 1
+interface = "eth0"
+[cluster]
+name = "fp"
+key_file = "/nonexistent"
+listen = ["198.19.1.1:7450"]
+[[cluster.member]]
+id = 1
+addrs = ["198.19.1.1:7450"]
+[[cluster.member]]
+id = 2
+addrs = ["198.19.1.2:7450"]
+role = "standby"
+[[cluster.member]]
+id = 3
+addrs = ["198.19.1.3:7450"]
+role = "witness"
+[[vip]]
+address = "198.18.0.100"
+mac_mode = "unicast"
+[[vip.rule]]
+protocol = "tcp"
+ports = "80"
+[[vip]]
+address = "fd00::100"
+default = "multiple"
+"#;
+        let cfg = Config::parse(std::path::Path::new("fp.toml"), src).expect("valid config");
+        let text = "xnlb-fp-1\nname=fp\nbuckets=4096\nheartbeat=50\ndead_after=250\n\
+            member 1 Active links=1\nmember 2 Standby links=1\nmember 3 Witness links=1\n\
+            vip 198.18.0.100 unicast=true default=Single [1, 2]\n\
+            \x20 rule Tcp 80-80 Multiple None [1, 2]\n\
+            vip fd00::100 unicast=false default=Multiple [1, 2]\n";
+        let expected: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        assert_eq!(
+            fingerprint(&cfg),
+            expected,
+            "expected the digest of:\n{text}"
+        );
     }
 }

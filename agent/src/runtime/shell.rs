@@ -1,0 +1,305 @@
+//! The shell around the protocol core: everything the protocol thread
+//! owns, and how the core's output is carried out.
+//!
+//! [`Shell::drive`] is called after every input to the core. It applies
+//! the core's events first (a failed install must reach the core before
+//! any datagram claims it), then sends its datagrams, holding those that
+//! depend on a state-file write until the writer reports it durable
+//! ([`Outbox`]). Control requests and reloads are in `commands.rs`; the
+//! loop that feeds the shell is in `event_loop.rs`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ahash::AHashMap;
+use tokio::net::UdpSocket;
+use tracing::{debug, error, info, warn};
+use xnlb_common::{slot_state, Table, MAX_BUCKETS};
+use xnlb_proto::{Event, Node, Transmit};
+
+use super::failovers::Failovers;
+use super::now;
+use super::persistence::{state_file, Outbox};
+use crate::config::Config;
+use crate::dataplane::Dataplane;
+use crate::host::Host;
+use crate::plan::Plan;
+use crate::prefilter::SourceFilter;
+use crate::state_file::Writer;
+use crate::status::StatusView;
+
+/// Every member's heartbeat addresses by id, link by link: built once per
+/// configuration (at start and on reload), read for every datagram sent.
+pub(super) struct Peers(AHashMap<u8, Vec<SocketAddr>>);
+
+impl Peers {
+    /// The table of `cfg`'s members.
+    pub fn new(cfg: &Config) -> Peers {
+        Peers(
+            cfg.members
+                .iter()
+                .map(|m| (m.id, m.addrs.clone()))
+                .collect(),
+        )
+    }
+
+    /// Member `id`'s address on `link`.
+    fn get(&self, id: u8, link: usize) -> Option<SocketAddr> {
+        self.0.get(&id)?.get(link).copied()
+    }
+}
+
+/// Everything the protocol thread owns.
+pub(super) struct Shell {
+    pub cfg: Config,
+    pub plan: Plan,
+    pub node: Node,
+    pub dp: Option<Dataplane>,
+    pub host: Host,
+    /// How XDP is attached, for status (`None`: no data plane).
+    pub xdp: Option<String>,
+    /// The cluster key in use (a reload may not change it).
+    pub key: Vec<u8>,
+    /// The state file's writer thread.
+    pub writer: Writer,
+    /// Datagrams waiting for a write.
+    pub outbox: Outbox,
+    /// Heartbeat sockets, one per link.
+    pub sockets: Vec<Arc<UdpSocket>>,
+    /// Where datagrams go.
+    pub peers: Peers,
+    pub failovers: Failovers,
+    /// Slot states last installed (for the handoff flow count).
+    pub installed: Option<Box<Table>>,
+    /// The core left the cluster (or we gave up waiting): the loop ends.
+    pub stopped: bool,
+    /// Drops heartbeat-port datagrams from non-members (and counts them).
+    pub source_filter: SourceFilter,
+    /// Why the node stopped serving on its own (see [`crate::liveness`]):
+    /// the agent exits non-zero with it.
+    pub fatal: Option<String>,
+}
+
+impl Shell {
+    /// Applies the core's events, then sends its datagrams. Events come
+    /// first (a failed install must be reported before anything leaves); a
+    /// datagram that depends on a write not yet durable is held until the
+    /// writer reports it.
+    pub fn drive(&mut self) {
+        while let Some(ev) = self.node.poll_event() {
+            self.apply(ev);
+        }
+        while let Some(t) = self.node.poll_transmit() {
+            if let Some(t) = self.outbox.pass(t) {
+                self.send(&t);
+            }
+        }
+    }
+
+    fn send(&self, t: &Transmit) {
+        let (Some(sock), Some(addr)) = (self.sockets.get(t.link), self.peers.get(t.to, t.link))
+        else {
+            return;
+        };
+        if let Err(e) = sock.try_send_to(&t.bytes, addr) {
+            debug!("datagram to member {} on link {}: {e}", t.to, t.link);
+        }
+    }
+
+    /// The writer's report on write `seq`: release what waited for it, or
+    /// drop it and let the core fence the node.
+    pub fn written(&mut self, seq: u64, result: std::io::Result<()>) {
+        let t = now();
+        let path = state_file(&self.cfg);
+        match result {
+            Ok(()) => {
+                if self.outbox.failing {
+                    info!("state file {} written again: rejoining", path.display());
+                    self.outbox.failing = false;
+                }
+                let released: Vec<Transmit> = self.outbox.durable(seq).collect();
+                for h in &released {
+                    self.send(h);
+                }
+                self.node.persisted(t, seq, true);
+            }
+            Err(e) => {
+                if !self.outbox.failing {
+                    error!(
+                        "writing the state file {}: {e}; this node is fenced and silent until a write succeeds",
+                        path.display()
+                    );
+                    self.outbox.failing = true;
+                }
+                self.outbox.failed(seq);
+                self.node.persisted(t, seq, false);
+            }
+        }
+        self.drive();
+    }
+
+    fn apply(&mut self, ev: Event) {
+        let t = now();
+        match ev {
+            Event::Install {
+                epoch,
+                states,
+                singles,
+            } => self.install(epoch, &states, &singles),
+            Event::Lease { until } => {
+                if let Some(dp) = &mut self.dp {
+                    if let Err(e) = dp.set_lease(until.0) {
+                        error!("extending the lease: {e}");
+                    }
+                }
+            }
+            Event::MemberState { id, state, why } => {
+                info!("member {id} {}: {why}", state.as_str());
+                self.failovers.member(id, state, t, self.cfg.dead_after_ms);
+            }
+            Event::Quorum { has, why } => {
+                self.failovers.quorum(has);
+                if has {
+                    info!("quorum gained: {why}");
+                } else {
+                    warn!("quorum lost, serving nothing: {why}");
+                }
+            }
+            Event::Epoch { from, to, why } => {
+                info!("epoch {from} -> {to}: {why}");
+                self.failovers.epoch(t);
+            }
+            Event::ConfigMismatch { member, what } => {
+                warn!("member {member} has a different configuration, refusing it: {what}");
+            }
+            Event::HandoffDone { epoch, timed_out } => {
+                info!(
+                    "handoff of epoch {epoch} done{}",
+                    if timed_out {
+                        " (drain_timeout passed; remaining connections cut)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Event::Persist { seq, state } => {
+                if !self.writer.write(seq, state) {
+                    error!("the state file writer is gone; fencing");
+                    self.node.persisted(now(), seq, false);
+                }
+            }
+            Event::Divergence { member, epoch } => {
+                warn!(
+                    "member {member} holds another map than ours at epoch {epoch}: not vouching for it; repairing from the map a quorum holds"
+                );
+            }
+            Event::Stopped => {
+                info!("left the cluster");
+                self.stopped = true;
+            }
+        }
+    }
+
+    /// Installs epoch `epoch`'s slot states in the data plane; a failure is
+    /// reported to the core before any datagram leaves.
+    fn install(&mut self, epoch: u64, states: &[u8], singles: &[u8]) {
+        let mut table = self.plan.table.clone();
+        table.epoch = epoch;
+        let n = states.len().min(MAX_BUCKETS as usize);
+        table.state[..n].copy_from_slice(&states[..n]);
+        for (i, s) in singles.iter().enumerate() {
+            if let Some(x) = table.state.get_mut(MAX_BUCKETS as usize + i) {
+                *x = *s;
+            }
+        }
+        let owned = states
+            .iter()
+            .filter(|&&s| s == slot_state::OWNED || s == slot_state::ACQUIRING)
+            .count();
+        if let Some(dp) = &mut self.dp {
+            if let Err(e) = dp.install(&table) {
+                error!("installing epoch {epoch} in the data plane: {e}; fenced and silent until an install succeeds");
+                // Before any datagram leaves: none may claim it.
+                self.node.install_failed(now());
+                return;
+            }
+        }
+        debug!("epoch {epoch} installed in the data plane: {owned} buckets taking new flows");
+        self.installed = Some(table);
+    }
+
+    /// What `xnlb status` shows now.
+    pub fn status(&self) -> StatusView {
+        let t = now();
+        let counters = self.dp.as_ref().and_then(|d| d.counters().ok());
+        let mut view = StatusView::from_core(
+            &self.node.status(t),
+            t,
+            counters.as_ref(),
+            self.xdp.clone(),
+            self.failovers.view(t),
+        );
+        view.protocol_drops.insert(
+            crate::prefilter::UNKNOWN_SOURCE.into(),
+            self.source_filter.dropped(),
+        );
+        view
+    }
+
+    /// Runs the liveness check (see [`crate::liveness`]). If the node can
+    /// no longer serve, the VIPs leave `lo` at once (so the stack cannot
+    /// answer for buckets others are about to own) and the node leaves the
+    /// cluster; the agent then exits non-zero.
+    pub fn check_liveness(&mut self) -> bool {
+        if self.fatal.is_some() {
+            return false;
+        }
+        let report = crate::liveness::check(self.dp.as_mut(), &mut self.host);
+        for what in &report.repaired {
+            warn!("{what}");
+        }
+        let Some(why) = report.lost else {
+            return false;
+        };
+        error!("this node can no longer serve: {why}; removing the VIPs, leaving the cluster and exiting");
+        self.host.remove_vips();
+        self.node.stop(now());
+        self.fatal = Some(why);
+        true
+    }
+
+    /// Reports connections still open in releasing slots, so the core can
+    /// end handoffs when they are gone.
+    pub fn report_flows(&mut self) {
+        let releasing = self
+            .installed
+            .as_ref()
+            .map(|t| t.state.contains(&slot_state::RELEASING))
+            .unwrap_or(false);
+        if !releasing {
+            return;
+        }
+        if let Some(dp) = &mut self.dp {
+            match dp.releasing_flows() {
+                Ok(n) => self.node.report_tracked_flows(now(), n),
+                Err(e) => warn!("counting tracked connections: {e}"),
+            }
+        }
+    }
+
+    /// Undoes the host setup, fences and detaches the data plane, removes
+    /// the control socket.
+    pub fn teardown(&mut self) {
+        self.host.teardown();
+        if let (Some(mut dp), Some(interface)) = (self.dp.take(), self.cfg.interface.clone()) {
+            if let Err(e) = dp.set_lease(0) {
+                warn!("fencing on the way out: {e}");
+            }
+            if let Err(e) = dp.detach(&interface) {
+                warn!("detaching XDP from {interface}: {e}");
+            }
+            dp.remove_pins();
+        }
+        let _ = std::fs::remove_file(&self.cfg.socket);
+    }
+}

@@ -1,0 +1,117 @@
+//! [`run_with`] in-process, without root: a witness (no data plane, no host
+//! setup) on loopback addresses answers `status` over its control socket
+//! and leaves when the signal channel says so.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use super::*;
+use crate::control::client::{request, ClientError};
+use crate::control::Response;
+
+/// A fresh directory for this test's files.
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("xnlb-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// A UDP port free on 127.0.0.1 right now.
+fn free_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    s.local_addr().expect("local address").port()
+}
+
+/// Asks the agent behind `socket`, off the runtime (the client blocks).
+async fn ask(socket: &Path, req: Request) -> Result<Response, ClientError> {
+    let socket = socket.to_owned();
+    tokio::task::spawn_blocking(move || request(&socket, &req, Duration::from_secs(2)))
+        .await
+        .expect("client thread")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_runs_in_process_answers_status_and_leaves_on_terminate() {
+    let dir = temp_dir("witness");
+    let key = dir.join("cluster.key");
+    std::fs::write(&key, crate::key::generate()).expect("key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let socket = dir.join("xnlb.sock");
+    let port = free_port();
+    let src = format!(
+        r#"
+[node]
+id = 3
+role = "witness"
+state_dir = "{dir}"
+[cluster]
+name = "inproc"
+key_file = "{key}"
+listen = ["127.0.0.1:{port}"]
+[[cluster.member]]
+id = 1
+addrs = ["127.0.0.2:{port}"]
+[[cluster.member]]
+id = 2
+addrs = ["127.0.0.3:{port}"]
+[[cluster.member]]
+id = 3
+addrs = ["127.0.0.1:{port}"]
+role = "witness"
+[control]
+socket = "{socket}"
+metrics = ""
+"#,
+        dir = dir.display(),
+        key = key.display(),
+        socket = socket.display(),
+    );
+    let path = dir.join("xnlb.toml");
+    std::fs::write(&path, src).expect("config");
+    let cfg = Config::load(&path).expect("valid config");
+
+    let (signals, rx) = mpsc::channel(4);
+    let deps = Dependencies {
+        notify: |_| {},
+        ..Dependencies::system()
+    };
+    let agent = tokio::spawn(run_with(cfg, deps, rx));
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let status: StatusView = loop {
+        match ask(&socket, Request::Status).await {
+            Ok(r) if r.ok => break serde_json::from_value(r.data).expect("status JSON"),
+            other if tokio::time::Instant::now() > deadline => {
+                panic!("no status from the agent within 10 s; last answer: {other:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    assert_eq!(
+        (
+            status.node_id,
+            status.cluster.as_str(),
+            status.role.as_str(),
+            status.buckets.owned,
+            status.xdp.as_deref(),
+        ),
+        (3, "inproc", "witness", 0, None),
+        "a witness with no data plane, owning nothing: {status:?}"
+    );
+
+    signals
+        .send(Signal::Terminate)
+        .await
+        .expect("agent listening");
+    let ended = tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .expect("the agent leaves within 10 s of Terminate")
+        .expect("run_with did not panic");
+    assert!(ended.is_ok(), "graceful leave, got {ended:?}");
+    assert!(
+        !socket.exists(),
+        "the control socket is removed on the way out"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
