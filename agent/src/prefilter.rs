@@ -15,7 +15,7 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::config::Config;
 
@@ -25,8 +25,17 @@ pub const UNKNOWN_SOURCE: &str = "unknown_source";
 /// Which source addresses may talk to the heartbeat port.
 #[derive(Clone, Debug)]
 pub struct SourceFilter {
-    members: Arc<HashSet<IpAddr>>,
+    /// Shared with the receive tasks, so a reload that changes member
+    /// addresses takes effect for them at once.
+    members: Arc<RwLock<HashSet<IpAddr>>>,
     dropped: Arc<AtomicU64>,
+}
+
+fn member_addrs(cfg: &Config) -> HashSet<IpAddr> {
+    cfg.members
+        .iter()
+        .flat_map(|m| m.addrs.iter().map(|a| canonical(a.ip())))
+        .collect()
 }
 
 /// An IPv4-mapped IPv6 address (a dual-stack socket's view of an IPv4
@@ -45,20 +54,28 @@ impl SourceFilter {
     /// Every address of every configured member (all links; our own too:
     /// harmless, and a loopback test setup needs it).
     pub fn new(cfg: &Config) -> SourceFilter {
-        let members = cfg
-            .members
-            .iter()
-            .flat_map(|m| m.addrs.iter().map(|a| canonical(a.ip())))
-            .collect();
         SourceFilter {
-            members: Arc::new(members),
+            members: Arc::new(RwLock::new(member_addrs(cfg))),
             dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Takes the member addresses of a reloaded `cfg` (every clone of this
+    /// filter sees them).
+    pub fn update(&self, cfg: &Config) {
+        let addrs = member_addrs(cfg);
+        match self.members.write() {
+            Ok(mut m) => *m = addrs,
+            Err(poisoned) => *poisoned.into_inner() = addrs,
         }
     }
 
     /// Whether a datagram from `from` may go to the core; counts it if not.
     pub fn admits(&self, from: SocketAddr) -> bool {
-        let ok = self.members.contains(&canonical(from.ip()));
+        let ok = match self.members.read() {
+            Ok(m) => m.contains(&canonical(from.ip())),
+            Err(poisoned) => poisoned.into_inner().contains(&canonical(from.ip())),
+        };
         if !ok {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -160,6 +177,35 @@ id = 2
 addrs = ["198.19.1.2:7450", "[fd00:1::2]:7450"]
 "#;
         Config::parse(std::path::Path::new("t.toml"), src).expect("valid config")
+    }
+
+    #[test]
+    fn a_reload_that_moves_a_member_updates_every_clone_of_the_filter() {
+        let f = SourceFilter::new(&cfg());
+        let receiver_copy = f.clone();
+        assert!(!receiver_copy.admits("198.19.1.9:7450".parse().expect("addr")));
+        let moved = Config::parse(
+            std::path::Path::new("t.toml"),
+            &r#"
+[node]
+id = 1
+interface = "eth0"
+[cluster]
+name = "t"
+key_file = "/nonexistent"
+listen = ["198.19.1.1:7450"]
+[[cluster.member]]
+id = 1
+addrs = ["198.19.1.1:7450"]
+[[cluster.member]]
+id = 2
+addrs = ["198.19.1.9:7450"]
+"#,
+        )
+        .expect("valid config");
+        f.update(&moved);
+        assert!(receiver_copy.admits("198.19.1.9:7450".parse().expect("addr")));
+        assert!(!receiver_copy.admits("198.19.1.2:7450".parse().expect("addr")));
     }
 
     #[test]

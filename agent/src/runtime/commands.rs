@@ -169,6 +169,7 @@ impl Shell {
             }
         }
         self.peers = Peers::new(&cfg);
+        self.source_filter.update(&cfg);
         info!("configuration reloaded from {}", cfg.path.display());
         self.plan = new_plan;
         self.cfg = cfg;
