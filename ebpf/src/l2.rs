@@ -7,8 +7,9 @@
 use xnlb_common::{counter, ctrl, ethertype, mac_mode, ETH_HLEN, MAX_VLAN_DEPTH, VLAN_HLEN};
 
 use crate::drop_log::{why, Stats};
+use crate::l3::{self, L2Frame};
 use crate::packet::Frame;
-use crate::{l3, reply, XDP_PASS, XNLB_CTRL, XNLB_TABLES};
+use crate::{reply, XDP_PASS, XNLB_CTRL, XNLB_TABLES};
 
 /// The verdict for the frame in `f`: parse L2, pick the live table, and
 /// hand the L3 packet on.
@@ -46,9 +47,16 @@ pub fn frame_verdict<const PROBE: bool>(f: &Frame, stats: Stats) -> u32 {
         return XDP_PASS;
     };
 
+    let frame = L2Frame {
+        f,
+        l3,
+        t: table,
+        cluster_dst,
+        stats,
+    };
     match ethertype {
-        ethertype::IPV4 => l3::ipv4::<PROBE>(f, l3, table, cluster_dst, stats),
-        ethertype::IPV6 => l3::ipv6::<PROBE>(f, l3, table, cluster_dst, stats),
+        ethertype::IPV4 => l3::ipv4::<PROBE>(frame),
+        ethertype::IPV6 => l3::ipv6::<PROBE>(frame),
         ethertype::ARP => reply::arp(f, l3, table, stats),
         _ => unparsable.verdict(),
     }

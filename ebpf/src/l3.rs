@@ -31,14 +31,22 @@ const FRAGMENT_UNIT: usize = 8;
 /// Largest IP datagram: a fragment may not end past it.
 const MAX_DATAGRAM: usize = 65535;
 
+/// A frame past its L2 headers, with what L2 learnt about it.
+#[derive(Clone, Copy)]
+pub struct L2Frame<'a> {
+    pub f: &'a Frame,
+    /// Offset of the L3 header (past any VLAN tags).
+    pub l3: usize,
+    /// The live table.
+    pub t: &'a Table,
+    /// Sent to a cluster MAC: see [`VipPacket::cluster_dst`].
+    pub cluster_dst: bool,
+    pub stats: Stats<'a>,
+}
+
 #[inline(always)]
-pub fn ipv4<const PROBE: bool>(
-    f: &Frame,
-    l3: usize,
-    t: &Table,
-    cluster_dst: bool,
-    stats: Stats,
-) -> u32 {
+pub fn ipv4<const PROBE: bool>(frame: L2Frame) -> u32 {
+    let (f, l3, t, stats) = (frame.f, frame.l3, frame.t, frame.stats);
     let Some(ip) = f.get::<IPV4_HLEN>(l3) else {
         return stats.malformed(why::TRUNCATED_L3);
     };
@@ -75,19 +83,14 @@ pub fn ipv4<const PROBE: bool>(
             later: offset != 0,
             id: ip.be16(4) as u32,
         },
-        cluster_dst,
+        cluster_dst: frame.cluster_dst,
     }
     .verdict::<PROBE>(f, t, stats)
 }
 
 #[inline(always)]
-pub fn ipv6<const PROBE: bool>(
-    f: &Frame,
-    l3: usize,
-    t: &Table,
-    cluster_dst: bool,
-    stats: Stats,
-) -> u32 {
+pub fn ipv6<const PROBE: bool>(frame: L2Frame) -> u32 {
+    let (f, l3, t, stats) = (frame.f, frame.l3, frame.t, frame.stats);
     let Some(ip) = f.get::<IPV6_HLEN>(l3) else {
         return stats.malformed(why::TRUNCATED_L3);
     };
@@ -163,7 +166,7 @@ pub fn ipv6<const PROBE: bool>(
         dst,
         l4: off,
         fragment,
-        cluster_dst,
+        cluster_dst: frame.cluster_dst,
     }
     .verdict::<PROBE>(f, t, stats)
 }
