@@ -10,101 +10,18 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use xnlb::control::Request;
+use xnlb::host::cluster_mac;
 use xnlb::status::StatusView;
-use xnlb_tests::cluster::{
-    client_addr, echo_round, sniff_udp, wait_until, Cluster, ClusterSpec, Conn, NodeSpec, Probe,
-    CLIENT, HB_PORT, TCP_PORT, UDP_PORT, VIP, VIP6,
+use xnlb_tests::cluster::checks::{
+    node, outage, owned, status, tcp_all_by_owner, udp_all_by_owner, CONVERGE, FAILOVER_BOUND,
+    PROBE,
 };
-use xnlb_tests::netns::Netns;
-
-const CONVERGE: Duration = Duration::from_secs(15);
-const PROBE: Duration = Duration::from_millis(300);
-/// A failed member's buckets must be served again within this (DESIGN S7:
-/// dead_after 250 ms + two heartbeats, plus probe granularity and slack for
-/// a loaded 2-core machine).
-const FAILOVER_BOUND: Duration = Duration::from_millis(700);
-
-fn node(id: u8, role: &'static str) -> NodeSpec {
-    NodeSpec {
-        id,
-        role,
-        weight: 100,
-    }
-}
-
-fn status(c: &Cluster, id: u8) -> StatusView {
-    c.status(id)
-        .unwrap_or_else(|| panic!("node {id} does not answer status"))
-}
-
-/// Buckets node `id` owns, from `owned_ranges`.
-fn owned(c: &Cluster, id: u8) -> BTreeSet<usize> {
-    status(c, id)
-        .buckets
-        .owned_ranges
-        .iter()
-        .flat_map(|[a, b]| *a..=*b)
-        .collect()
-}
-
-/// The last unanswered probe's send time (zero if none), and who answered
-/// the probes sent after `after`.
-fn outage(probes: &[Probe], after: Duration) -> (Duration, BTreeMap<u8, usize>) {
-    let last = probes
-        .iter()
-        .filter(|p| p.node.is_none())
-        .map(|p| p.at)
-        .max()
-        .unwrap_or_default();
-    let mut who = BTreeMap::new();
-    for p in probes.iter().filter(|p| p.at > after) {
-        if let Some(n) = p.node {
-            *who.entry(n).or_default() += 1;
-        }
-    }
-    (last, who)
-}
-
-/// `n` TCP connections to the IPv4 VIP, each answered by the owner that
-/// node `ask` names; the split per node.
-fn tcp_all_by_owner(c: &Cluster, ask: u8, ports: std::ops::Range<u16>) -> BTreeMap<u8, usize> {
-    let mut split = BTreeMap::new();
-    for p in ports {
-        let owner = c.owner(ask, p);
-        let got = c.tcp_probe(p, PROBE);
-        assert!(owner.is_some(), "client port {p}: no owner");
-        assert_eq!(
-            got, owner,
-            "client port {p}: answered by {got:?}, xnlb owner says {owner:?}"
-        );
-        *split.entry(got.unwrap_or(0)).or_default() += 1;
-    }
-    split
-}
-
-/// `n` UDP datagrams to the IPv4 VIP, each answered by its owner.
-fn udp_all_by_owner(
-    c: &Cluster,
-    ask: u8,
-    ports: std::ops::Range<u16>,
-    first_id: u64,
-) -> BTreeMap<u8, usize> {
-    let mut split = BTreeMap::new();
-    for (i, p) in ports.enumerate() {
-        let owner = c.owner_of(
-            ask,
-            IpAddr::V4(VIP),
-            "udp",
-            SocketAddr::from((CLIENT, p)),
-            UDP_PORT,
-        );
-        let got = c.udp_probe(p, first_id + i as u64, PROBE);
-        assert!(owner.is_some(), "udp client port {p}: no owner");
-        assert_eq!(got, owner, "udp client port {p}: answered by {got:?}");
-        *split.entry(got.unwrap_or(0)).or_default() += 1;
-    }
-    split
-}
+use xnlb_tests::cluster::{
+    client_addr, echo_round, wait_until, Cluster, ClusterSpec, Conn, CLIENT, HB_PORT, TCP_PORT,
+    UDP_PORT, VIP, VIP6,
+};
+use xnlb_tests::raw::{internet_checksum, mac_of, ping_raw, sniff_udp, PacketSocket};
+use xnlb_tests::traffic::Probe;
 
 // ---------------------------------------------------------------- roles
 
@@ -532,6 +449,9 @@ fn a_graceful_join_keeps_established_connections() {
 
 // ----------------------------------------------------- traffic shapes
 
+/// How long a receive on a client packet socket waits.
+const RAW_TIMEOUT: Duration = Duration::from_millis(20);
+
 /// The IPv6 VIP: TCP and UDP answered once, by the owner, on every node.
 #[test]
 fn an_ipv6_vip_is_served_once_by_the_owner() {
@@ -611,101 +531,6 @@ fn fragmented_udp_datagrams_are_received_whole_by_the_owner_only() {
     println!("fragments: {:?}", t0.elapsed());
 }
 
-fn icmp_checksum(b: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for ch in b.chunks(2) {
-        let w = if ch.len() == 2 {
-            u16::from_be_bytes([ch[0], ch[1]])
-        } else {
-            u16::from_be_bytes([ch[0], 0])
-        };
-        sum += w as u32;
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Sends echo requests with `ids` x `seqs` to `to` from a raw socket in
-/// the current namespace; counts echo replies per (id, seq).
-fn ping_raw(to: Ipv4Addr, ids: &[u16], seqs: u16) -> HashMap<(u16, u16), usize> {
-    // SAFETY: a raw ICMP socket we own.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_ICMP,
-        )
-    };
-    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-    // SAFETY: fresh descriptor.
-    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let sock = UdpSocket::from(owned); // only for the timeout helpers
-    sock.set_read_timeout(Some(Duration::from_millis(50)))
-        .expect("timeout");
-    use std::os::fd::AsRawFd;
-    let dst = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(to.octets()),
-        },
-        sin_zero: [0; 8],
-    };
-    let mut counts = HashMap::new();
-    let recv_some = |counts: &mut HashMap<(u16, u16), usize>, until: Instant| {
-        let mut buf = [0u8; 2048];
-        while Instant::now() < until {
-            // SAFETY: recv into our buffer.
-            let n = unsafe {
-                libc::recv(
-                    sock.as_raw_fd(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    0,
-                )
-            };
-            if n < 28 {
-                continue;
-            }
-            let ihl = ((buf[0] & 0xf) as usize) * 4;
-            let src = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
-            let icmp = &buf[ihl..n as usize];
-            if src == to && icmp.len() >= 8 && icmp[0] == 0 {
-                let id = u16::from_be_bytes([icmp[4], icmp[5]]);
-                let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
-                *counts.entry((id, seq)).or_insert(0) += 1;
-            }
-        }
-    };
-    for seq in 1..=seqs {
-        for &id in ids {
-            let mut pkt = vec![8u8, 0, 0, 0];
-            pkt.extend_from_slice(&id.to_be_bytes());
-            pkt.extend_from_slice(&seq.to_be_bytes());
-            pkt.extend_from_slice(&[0xa5; 56]);
-            let ck = icmp_checksum(&pkt);
-            pkt[2..4].copy_from_slice(&ck.to_be_bytes());
-            // SAFETY: sendto with a valid sockaddr_in.
-            let rc = unsafe {
-                libc::sendto(
-                    sock.as_raw_fd(),
-                    pkt.as_ptr() as *const libc::c_void,
-                    pkt.len(),
-                    0,
-                    &dst as *const _ as *const libc::sockaddr,
-                    std::mem::size_of::<libc::sockaddr_in>() as u32,
-                )
-            };
-            assert!(rc > 0, "sendto: {}", std::io::Error::last_os_error());
-        }
-        recv_some(&mut counts, Instant::now() + Duration::from_millis(60));
-    }
-    recv_some(&mut counts, Instant::now() + Duration::from_millis(400));
-    counts
-}
-
 /// ICMP echo to the VIP (default mode `multiple`): exactly one reply per
 /// request, whatever the ICMP id.
 #[test]
@@ -758,85 +583,13 @@ fn icmp_echo_to_the_vip_is_answered_once() {
     println!("ICMP: {:?}", t0.elapsed());
 }
 
-/// An AF_PACKET socket on `dev` of the current namespace, and its index.
-fn packet_socket(dev: &str) -> (std::os::fd::OwnedFd, i32) {
-    use std::os::fd::FromRawFd;
-    let name = std::ffi::CString::new(dev).expect("name");
-    // SAFETY: plain syscalls; the fd is owned at once.
-    unsafe {
-        let ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
-        assert!(ifindex > 0, "no {dev}");
-        let fd = libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            (libc::ETH_P_ALL as u16).to_be() as i32,
-        );
-        assert!(
-            fd >= 0,
-            "packet socket: {}",
-            std::io::Error::last_os_error()
-        );
-        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
-        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        sll.sll_ifindex = ifindex;
-        let rc = libc::bind(
-            fd,
-            &sll as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        );
-        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 20_000,
-        };
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as u32,
-        );
-        (owned, ifindex)
-    }
-}
-
-fn send_frame(fd: &std::os::fd::OwnedFd, frame: &[u8]) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: send on a bound packet socket.
-    let rc = unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            frame.as_ptr() as *const libc::c_void,
-            frame.len(),
-            0,
-        )
-    };
-    assert_eq!(
-        rc as usize,
-        frame.len(),
-        "send: {}",
-        std::io::Error::last_os_error()
-    );
-}
-
-fn mac_of(ns: &Netns, dev: &str) -> [u8; 6] {
-    let s = ns.sh(&format!("cat /sys/class/net/{dev}/address"));
-    let mut mac = [0u8; 6];
-    for (m, part) in mac.iter_mut().zip(s.trim().split(':')) {
-        *m = u8::from_str_radix(part, 16).expect("mac");
-    }
-    mac
-}
-
 /// Ethernet + one 802.1Q tag (`vid`) + IPv4/UDP from CLIENT:`sport` to
 /// the VIP's UDP port, payload `id`.
 fn tagged_udp(src_mac: [u8; 6], vid: u16, sport: u16, id: u64) -> Vec<u8> {
     let vip = VIP.octets();
     let cl = CLIENT.octets();
     let mut f = Vec::new();
-    f.extend_from_slice(&[0x03, 0xbf, vip[0], vip[1], vip[2], vip[3]]);
+    f.extend_from_slice(&cluster_mac(IpAddr::V4(VIP), false));
     f.extend_from_slice(&src_mac);
     f.extend_from_slice(&[0x81, 0x00]);
     f.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
@@ -849,7 +602,7 @@ fn tagged_udp(src_mac: [u8; 6], vid: u16, sport: u16, id: u64) -> Vec<u8> {
     ip.extend_from_slice(&[0x40, 0, 64, 17, 0, 0]);
     ip.extend_from_slice(&cl);
     ip.extend_from_slice(&vip);
-    let ck = icmp_checksum(&ip);
+    let ck = internet_checksum(&ip);
     ip[10..12].copy_from_slice(&ck.to_be_bytes());
     f.extend_from_slice(&ip);
     f.extend_from_slice(&sport.to_be_bytes());
@@ -895,8 +648,7 @@ fn vlan_tagged_client_traffic_is_judged_by_the_owner_only() {
         let got = c.client.enter(|| {
             let s = UdpSocket::bind((CLIENT, port)).ok()?;
             s.set_read_timeout(Some(PROBE)).ok()?;
-            let (fd, _) = packet_socket("eth0");
-            send_frame(&fd, &tagged_udp(cmac, 0, port, id));
+            PacketSocket::bind("eth0", RAW_TIMEOUT).send(&tagged_udp(cmac, 0, port, id));
             let mut b = [0u8; 8];
             let (n, _) = s.recv_from(&mut b).ok()?;
             (n >= 1).then_some(b[0])
@@ -930,8 +682,12 @@ fn vlan_tagged_client_traffic_is_judged_by_the_owner_only() {
             .expect("owner");
         let before = passed(&c);
         c.client.enter(|| {
-            let (fd, _) = packet_socket("eth0");
-            send_frame(&fd, &tagged_udp(cmac, 10, port, 72_000_000 + i as u64));
+            PacketSocket::bind("eth0", RAW_TIMEOUT).send(&tagged_udp(
+                cmac,
+                10,
+                port,
+                72_000_000 + i as u64,
+            ));
         });
         let ok = wait_until(Duration::from_secs(1), || {
             let after = passed(&c);
@@ -959,26 +715,18 @@ fn vlan_tagged_client_traffic_is_judged_by_the_owner_only() {
     arp.extend_from_slice(&[0; 6]);
     arp.extend_from_slice(&vip);
     let replies = c.client.enter(|| {
-        use std::os::fd::AsRawFd;
-        let (fd, _) = packet_socket("eth0");
-        send_frame(&fd, &arp);
+        let sock = PacketSocket::bind("eth0", RAW_TIMEOUT);
+        sock.send(&arp);
         let mut found = 0;
         let end = Instant::now() + Duration::from_millis(500);
         let mut buf = [0u8; 256];
         while Instant::now() < end {
-            // SAFETY: recv into our buffer.
-            let n = unsafe {
-                libc::recv(
-                    fd.as_raw_fd(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    0,
-                )
+            let Some(f) = sock.recv(&mut buf) else {
+                continue;
             };
-            if n < 42 {
+            if f.len() < 42 {
                 continue;
             }
-            let f = &buf[..n as usize];
             // The client's kernel moves the tag out of the frame: ARP follows
             // the MACs directly.
             let arp_at = if f[12..14] == [0x81, 0x00] { 18 } else { 14 };

@@ -52,9 +52,9 @@ use xnlb_common::{
 };
 use xnlb_tests::fixture::Fixture;
 use xnlb_tests::frames::{frame, IpOpts, L4};
-use xnlb_tests::netns::{veth, Netns};
+use xnlb_tests::netns::{enter_netns, veth, Netns};
 use xnlb_tests::tables::{table, BUCKETS, VIP4};
-use xnlb_tests::traffic::{enter_netns, median};
+use xnlb_tests::traffic::median;
 
 /// Distinct flows in the traffic (one source address each, 198.18.64.0/18).
 const FLOWS: u32 = 16384;
