@@ -336,7 +336,7 @@ impl Cluster {
     /// forwards (no tx VLAN offload on its ports), so the nodes' XDP
     /// program on eth0 sees the tags a client puts on its frames. (This
     /// kernel has no 8021q module, so there are no VLAN interfaces: tagged
-    /// frames are sent raw, see `tests/scenarios.rs`.)
+    /// frames are sent raw, see `tests/protocols.rs`.)
     pub fn vlan_tags_in_frames(&self) {
         self.data.sh(
             "for p in $(ip -o link show master br0 | awk -F': ' '{print $2}' | cut -d@ -f1); do \
