@@ -129,10 +129,23 @@ pub mod proto_mask {
 
 /// How the VIP's cluster MAC is formed (DESIGN 1).
 pub mod mac_mode {
-    /// `03:bf:` + last 4 bytes of the VIP: a multicast MAC.
+    /// [`MULTICAST_PREFIX`] + last 4 bytes of the VIP: a multicast MAC.
     pub const MULTICAST: u8 = 0;
-    /// `02:bf:` + last 4 bytes: a locally administered unicast MAC.
+    /// [`UNICAST_PREFIX`] + last 4 bytes: a locally administered unicast MAC.
     pub const UNICAST: u8 = 1;
+    /// First two bytes of a multicast cluster MAC (`03:bf`: group bit set).
+    pub const MULTICAST_PREFIX: [u8; 2] = [0x03, 0xbf];
+    /// First two bytes of a unicast cluster MAC (`02:bf`: locally
+    /// administered).
+    pub const UNICAST_PREFIX: [u8; 2] = [0x02, 0xbf];
+
+    /// Whether a destination MAC starting with `b0:b1` is a cluster MAC of
+    /// either mode (frames to it are the cluster's even when unparsable).
+    #[inline(always)]
+    pub fn is_cluster_prefix(b0: u8, b1: u8) -> bool {
+        (b0 == MULTICAST_PREFIX[0] && b1 == MULTICAST_PREFIX[1])
+            || (b0 == UNICAST_PREFIX[0] && b1 == UNICAST_PREFIX[1])
+    }
 }
 
 /// Address family tags used in [`Vip::family`] and in the hash.
@@ -225,18 +238,19 @@ impl Vip {
     }
 }
 
-/// `03:bf:`/`02:bf:` followed by the last four bytes of the address.
+/// [`mac_mode::MULTICAST_PREFIX`] or [`mac_mode::UNICAST_PREFIX`] followed
+/// by the last four bytes of the address.
 #[inline(always)]
 pub fn cluster_mac(mac_mode: u8, addr: &[u8; 16], family: u8) -> [u8; 6] {
-    let first = if mac_mode == self::mac_mode::UNICAST {
-        0x02
+    let prefix = if mac_mode == self::mac_mode::UNICAST {
+        self::mac_mode::UNICAST_PREFIX
     } else {
-        0x03
+        self::mac_mode::MULTICAST_PREFIX
     };
     let tail = if family == self::family::V4 { 0 } else { 12 };
     [
-        first,
-        0xbf,
+        prefix[0],
+        prefix[1],
         addr[tail],
         addr[tail + 1],
         addr[tail + 2],
@@ -517,5 +531,9 @@ mod tests {
             cluster_mac(mac_mode::UNICAST, &v6, family::V6),
             [0x02, 0xbf, 1, 2, 3, 4]
         );
+        assert!(mac_mode::is_cluster_prefix(0x03, 0xbf));
+        assert!(mac_mode::is_cluster_prefix(0x02, 0xbf));
+        assert!(!mac_mode::is_cluster_prefix(0x01, 0xbf));
+        assert!(!mac_mode::is_cluster_prefix(0x03, 0xbe));
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! This crate is `no_std` and dependency-free so that the very same source is
 //! compiled into the eBPF object and into the agent: the map layout
-//! ([`layout`]), the flow hash ([`hash`]) and the rule lookup ([`classify`]).
+//! ([`layout`]), the flow hash ([`hash`]), the rule lookup ([`classify`])
+//! and the protocol numbers both sides read or write ([`wire`]).
 //! Golden vectors in the tests pin the hash so that nodes built from
 //! different versions keep agreeing, and an integration test proves the
 //! compiled eBPF code computes the same values through `BPF_PROG_TEST_RUN`.
@@ -11,7 +12,9 @@
 pub mod classify;
 pub mod hash;
 pub mod layout;
+pub mod wire;
 
 pub use classify::{match_rule, RuleMatch};
 pub use hash::{bucket_of, flow_hash, seed_from_name, FlowWords};
 pub use layout::*;
+pub use wire::*;

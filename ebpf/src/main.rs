@@ -1,5 +1,11 @@
 //! The xnlb XDP program: parse -> classify -> verdict.
 //!
+//! A frame goes through [`l2`] (Ethernet, VLAN tags; ARP to [`reply`]),
+//! [`l3`] (IPv4 options and fragments, IPv6 extension headers; neighbour
+//! solicitations to [`reply`]) to a [`vip::VipPacket`], whose verdict reads
+//! the flow from [`l4`] and this node's slot state through [`verdict`].
+//! [`drop_log`] counts every packet and logs why one was dropped.
+//!
 //! Every node of the cluster sees every packet for a VIP. This program decides,
 //! in the kernel, whether *this* node accepts it: it finds the VIP, picks the
 //! port rule, hashes the flow with the shared definition in `xnlb_common::hash`,
@@ -14,10 +20,15 @@
 #![no_std]
 #![no_main]
 
+mod clock;
+mod drop_log;
+mod l2;
+mod l3;
+mod l4;
 mod packet;
-mod parse;
 mod reply;
 mod verdict;
+mod vip;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -25,8 +36,11 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
+use core::cell::Cell;
+
 use xnlb_common::{
-    ctrl, Counters, FlowKey, FlowValue, FragKey, Table, FLOW_TABLE_ENTRIES, FRAG_TABLE_ENTRIES,
+    ctrl, ethertype, ipproto, Counters, FlowKey, FlowValue, FragKey, Table, FLOW_TABLE_ENTRIES,
+    FRAG_TABLE_ENTRIES,
 };
 
 /// Two tables; `XNLB_CTRL[ACTIVE]` names the live one.
@@ -52,7 +66,7 @@ static XNLB_LOGRL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// The filter attached to the interface.
 #[xdp]
 pub fn xnlb(ctx: XdpContext) -> u32 {
-    parse::process::<false>(&ctx)
+    run::<false>(&ctx)
 }
 
 /// Test probe: runs the same parser and classification, then writes the flow
@@ -61,7 +75,19 @@ pub fn xnlb(ctx: XdpContext) -> u32 {
 /// userspace computes. Never attached to an interface.
 #[xdp]
 pub fn xnlb_probe(ctx: XdpContext) -> u32 {
-    parse::process::<true>(&ctx)
+    run::<true>(&ctx)
+}
+
+/// Entry point shared by the filter and the probe: the verdict, and a
+/// rate-limited log line when a packet is dropped as malformed or fenced.
+#[inline(always)]
+fn run<const PROBE: bool>(ctx: &XdpContext) -> u32 {
+    let why = Cell::new(0u8);
+    let verdict = l2::frame_verdict::<PROBE>(&packet::Frame::new(ctx), drop_log::Stats::new(&why));
+    if let Some(text) = drop_log::due(why.get()) {
+        aya_log_ebpf::warn!(ctx, "xnlb: dropped a packet: {}", text);
+    }
+    verdict
 }
 
 #[cfg(not(test))]
@@ -97,7 +123,7 @@ pub fn xnlb_bench_minimal(ctx: XdpContext) -> u32 {
     let (Some(eth), Some(ip), Some(l4)) = (f.get::<14>(0), f.get::<20>(14), f.get::<4>(34)) else {
         return XDP_PASS;
     };
-    if eth.be16(12) != 0x0800 || ip.u8(9) != 6 {
+    if eth.be16(12) != ethertype::IPV4 || ip.u8(9) != ipproto::TCP {
         return XDP_PASS;
     }
     let Some(t) = XNLB_TABLES.get(0) else {

@@ -9,15 +9,13 @@
 //! reply is the node's own MAC: a multicast cluster MAC is not a valid source,
 //! and a unicast one must never be learnt by switches (so they keep flooding).
 
-use xnlb_common::{counter, ctrl, Table};
+use xnlb_common::{counter, ctrl, icmpv6, ipproto, Table};
 
+use crate::clock::lease_valid;
+use crate::drop_log::Stats;
 use crate::packet::Frame;
-use crate::parse::{find_vip4, find_vip6, lease_valid, Stats};
+use crate::vip::{find_vip4, find_vip6};
 use crate::{XDP_PASS, XDP_TX, XNLB_CTRL};
-
-/// ICMPv6 type of a neighbour solicitation.
-pub const ND_NEIGHBOR_SOLICIT: u8 = 135;
-const ND_NEIGHBOR_ADVERT: u8 = 136;
 
 /// The interface MAC, if the agent has set it.
 #[inline(always)]
@@ -78,7 +76,7 @@ pub fn neighbour_solicitation(f: &Frame, l3: usize, t: &Table, stats: Stats) -> 
     let eth = f.get::<14>(0)?;
     // IPv6 header (40) + NS (24) + one source link-layer option (8).
     let p = f.get::<72>(l3)?;
-    if p.u8(40) != ND_NEIGHBOR_SOLICIT {
+    if p.u8(40) != icmpv6::NEIGHBOUR_SOLICIT {
         return None;
     }
     let target = p.words4(48);
@@ -111,7 +109,7 @@ pub fn neighbour_solicitation(f: &Frame, l3: usize, t: &Table, stats: Stats) -> 
         p.write_word(24 + i * 4, src[i]);
     }
     // ICMPv6 NA: solicited + override, same target, target link-layer option.
-    p.write::<4>(40, &[ND_NEIGHBOR_ADVERT, 0, 0, 0]);
+    p.write::<4>(40, &[icmpv6::NEIGHBOUR_ADVERT, 0, 0, 0]);
     p.write::<4>(44, &[0x60, 0, 0, 0]);
     p.write::<2>(64, &[2, 1]);
     p.write_mac(66, &cmac);
@@ -122,9 +120,9 @@ pub fn neighbour_solicitation(f: &Frame, l3: usize, t: &Table, stats: Stats) -> 
     for i in 0..8 {
         acc += p.word(8 + i * 4) as u64;
     }
-    // Upper-layer length (32) and next header (58), as wire words.
+    // Upper-layer length (32) and next header (ICMPv6), as wire words.
     acc += u32::from_ne_bytes([0, 0, 0, 32]) as u64;
-    acc += u32::from_ne_bytes([0, 0, 0, 58]) as u64;
+    acc += u32::from_ne_bytes([0, 0, 0, ipproto::ICMPV6]) as u64;
     for i in 0..8 {
         acc += p.word(40 + i * 4) as u64;
     }

@@ -17,7 +17,8 @@
 
 use xnlb_common::{flow_flag, ipproto, slot_state, FlowKey, FlowValue};
 
-use crate::parse::{now, Flow};
+use crate::clock::now;
+use crate::l4::Flow;
 use crate::XNLB_FLOWS;
 
 const TCP_FIN: u8 = 0x01;

@@ -6,6 +6,8 @@ pub mod cluster;
 pub mod fixture;
 pub mod frames;
 pub mod netns;
+pub mod peers;
+pub mod raw;
 pub mod tables;
 pub mod traffic;
 

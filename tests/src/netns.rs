@@ -8,6 +8,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::JoinHandle;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -56,21 +57,42 @@ impl Netns {
     }
 
     /// Runs `f` on a thread that has entered the namespace: sockets and
-    /// netlink calls it makes live there.
+    /// netlink calls it makes live there. (See [`spawn_in`] for a thread
+    /// that outlives the call.)
     pub fn enter<R: Send, F: FnOnce() -> R + Send>(&self, f: F) -> R {
-        let path = format!("/run/netns/{}", self.name);
         std::thread::scope(|s| {
             s.spawn(|| {
-                let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                // SAFETY: a valid namespace fd; affects only this thread.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                enter_netns(&self.name);
                 f()
             })
             .join()
             .unwrap_or_else(|e| std::panic::resume_unwind(e))
         })
     }
+}
+
+/// Moves the calling thread into network namespace `name` (under
+/// /run/netns), for good: run it on a thread of its own.
+pub fn enter_netns(name: &str) {
+    let path = format!("/run/netns/{name}");
+    let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    // SAFETY: a valid namespace fd; affects only this thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+}
+
+/// Spawns a thread that enters `ns` and runs `f` there. Unlike
+/// [`Netns::enter`] it does not borrow the namespace, so the thread can run
+/// on while the caller goes on (the namespace must outlive it).
+pub fn spawn_in<R: Send + 'static, F: FnOnce() -> R + Send + 'static>(
+    ns: &Netns,
+    f: F,
+) -> JoinHandle<R> {
+    let name = ns.name.clone();
+    std::thread::spawn(move || {
+        enter_netns(&name);
+        f()
+    })
 }
 
 impl Drop for Netns {

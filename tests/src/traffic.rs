@@ -3,10 +3,9 @@
 //! (or not) concurrently, so an outage is measured by the probes it swallowed
 //! rather than by one blocking probe at a time.
 //!
-//! The streams run on their own threads inside a namespace (entered by name),
+//! The streams run on their own threads inside a namespace ([`spawn_in`]),
 //! so the caller keeps `&mut Cluster` free to inject faults meanwhile.
 
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,42 +13,37 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Spawns a thread that enters network namespace `ns` (a name under
-/// /run/netns) and runs `f` there. A copy of `Netns::enter` that does not
-/// borrow the namespace, so the thread can outlive the caller's borrow.
-pub fn spawn_in<R: Send + 'static, F: FnOnce() -> R + Send + 'static>(
-    ns: &str,
-    f: F,
-) -> JoinHandle<R> {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        enter_netns(&ns);
-        f()
-    })
-}
+use crate::netns::{spawn_in, Netns};
 
-/// Moves the calling thread into network namespace `ns` (a name under
-/// /run/netns), for good: run it on a thread of its own.
-pub fn enter_netns(ns: &str) {
-    let path = format!("/run/netns/{ns}");
-    let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-    // SAFETY: a valid namespace fd; affects only this thread.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-}
-
-/// One UDP probe and what became of it.
+/// One UDP probe and what became of it, as every [`ProbeThread`] reports it.
 #[derive(Clone, Debug)]
 pub struct Probe {
     /// The unique id it carried (the servers record it).
     pub id: u64,
-    /// When it was sent.
-    pub sent: Instant,
     /// Its source port.
     pub port: u16,
-    /// The node that answered and how long the answer took; `None` if no
-    /// answer came within the timeout.
-    pub answer: Option<(u8, Duration)>,
+    /// When it was sent.
+    pub sent: Instant,
+    /// When it was sent, since its stream or prober started.
+    pub at: Duration,
+    /// The node that answered; `None` if no answer came within the timeout.
+    pub node: Option<u8>,
+    /// How long the answer took (`None` with `node`).
+    pub rtt: Option<Duration>,
+}
+
+impl Probe {
+    /// A probe sent at `sent`, `at` into its run, not answered (yet).
+    pub fn unanswered(id: u64, port: u16, sent: Instant, at: Duration) -> Probe {
+        Probe {
+            id,
+            port,
+            sent,
+            at,
+            node: None,
+            rtt: None,
+        }
+    }
 }
 
 /// What a UDP probe stream sends.
@@ -78,6 +72,7 @@ pub fn run_udp_stream(
     stop: &AtomicBool,
     until: Instant,
 ) -> Vec<Probe> {
+    let started = Instant::now();
     let mut probes: Vec<Probe> = Vec::new();
     // (socket, index into probes)
     let mut pending: Vec<(UdpSocket, usize)> = Vec::new();
@@ -105,23 +100,11 @@ pub fn run_udp_stream(
                 };
                 let id = ids.fetch_add(1, Ordering::Relaxed);
                 let sent = Instant::now();
+                probes.push(Probe::unanswered(id, port, sent, sent - started));
+                // Could not even send: an unanswered probe all the same.
                 if s.set_nonblocking(true).is_ok() && s.send_to(&id.to_le_bytes(), spec.dst).is_ok()
                 {
-                    probes.push(Probe {
-                        id,
-                        sent,
-                        port,
-                        answer: None,
-                    });
                     pending.push((s, probes.len() - 1));
-                } else {
-                    // Could not even send: an unanswered probe all the same.
-                    probes.push(Probe {
-                        id,
-                        sent,
-                        port,
-                        answer: None,
-                    });
                 }
                 break;
             }
@@ -171,7 +154,8 @@ pub fn run_udp_stream(
                 if let Ok((len, _)) = s.recv_from(&mut buf) {
                     if len >= 1 {
                         let p = &mut probes[*i];
-                        p.answer = Some((buf[0], p.sent.elapsed()));
+                        p.node = Some(buf[0]);
+                        p.rtt = Some(p.sent.elapsed());
                         done.push(k);
                     }
                 }
@@ -184,24 +168,36 @@ pub fn run_udp_stream(
     probes
 }
 
-/// A probe stream running on its own thread in namespace `ns`.
-pub struct StreamHandle {
+/// Probes sent from a thread of their own in a namespace, until
+/// [`ProbeThread::finish`] (or drop) tells it to stop: a [`UdpStream`]
+/// ([`ProbeThread::udp_stream`]) or the cluster harness's one-at-a-time
+/// prober ([`crate::cluster::Cluster::prober`]).
+pub struct ProbeThread {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Vec<Probe>>>,
 }
 
-impl StreamHandle {
-    /// Starts `spec` in `ns`; it sends until [`StreamHandle::finish`] or
-    /// `max` passes.
-    pub fn start(ns: &str, spec: UdpStream, ids: Arc<AtomicU64>, max: Duration) -> StreamHandle {
+impl ProbeThread {
+    /// Runs `probe` on a thread in `ns`; it must return soon after the flag
+    /// it is given is set.
+    pub fn spawn(
+        ns: &Netns,
+        probe: impl FnOnce(&AtomicBool) -> Vec<Probe> + Send + 'static,
+    ) -> ProbeThread {
         let stop = Arc::new(AtomicBool::new(false));
-        let s2 = stop.clone();
-        let until = Instant::now() + max;
-        let thread = spawn_in(ns, move || run_udp_stream(&spec, &ids, &s2, until));
-        StreamHandle {
+        let flag = stop.clone();
+        let thread = spawn_in(ns, move || probe(&flag));
+        ProbeThread {
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// Starts `spec` in `ns`; it sends until [`ProbeThread::finish`] or
+    /// `max` passes.
+    pub fn udp_stream(ns: &Netns, spec: UdpStream, ids: Arc<AtomicU64>, max: Duration) -> Self {
+        let until = Instant::now() + max;
+        ProbeThread::spawn(ns, move |stop| run_udp_stream(&spec, &ids, stop, until))
     }
 
     /// Stops sending, waits for the probes in flight, returns them all.
@@ -209,12 +205,12 @@ impl StreamHandle {
         self.stop.store(true, Ordering::SeqCst);
         self.thread
             .take()
-            .map(|t| t.join().expect("probe stream panicked"))
+            .map(|t| t.join().expect("probe thread panicked"))
             .unwrap_or_default()
     }
 }
 
-impl Drop for StreamHandle {
+impl Drop for ProbeThread {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {

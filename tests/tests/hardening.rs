@@ -11,13 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use xnlb_tests::cluster::{spawn_in, wait_until, Cluster, ClusterSpec, Probe, HB_PORT, VIP};
-
-const CONVERGE: Duration = Duration::from_secs(15);
-/// A bucket may go unanswered at most this long after a fault (DESIGN S7:
-/// dead_after 250 ms + two heartbeats, plus the 100 ms liveness period,
-/// probe granularity and slack for a loaded 2-core machine).
-const FAILOVER_BOUND: Duration = Duration::from_millis(700);
+use xnlb_tests::cluster::checks::{CONVERGE, FAILOVER_BOUND};
+use xnlb_tests::cluster::{wait_until, Cluster, ClusterSpec, HB_PORT, VIP};
+use xnlb_tests::netns::spawn_in;
+use xnlb_tests::traffic::Probe;
 
 /// The longest run of unanswered probes that started at or after `from`
 /// (the time of the fault on the prober's clock), measured from `from` to

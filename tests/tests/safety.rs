@@ -8,15 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use xnlb::status::StatusView;
-use xnlb_tests::cluster::{wait_until, Cluster, ClusterSpec, Probe};
-
-const CONVERGE: Duration = Duration::from_secs(15);
-
-fn status(c: &Cluster, id: u8) -> StatusView {
-    c.status(id)
-        .unwrap_or_else(|| panic!("node {id} does not answer status"))
-}
+use xnlb_tests::cluster::checks::{status, CONVERGE};
+use xnlb_tests::cluster::{wait_until, Cluster, ClusterSpec};
+use xnlb_tests::traffic::Probe;
 
 /// Probes sent in `[from, to)` that nobody answered.
 fn unanswered_between(probes: &[Probe], from: Duration, to: Duration) -> usize {

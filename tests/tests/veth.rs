@@ -14,19 +14,11 @@ use xnlb_common::{counter, ipproto, slot_state, PROG_FILTER};
 use xnlb_tests::cluster::connect_between;
 use xnlb_tests::fixture::Fixture;
 use xnlb_tests::netns::{veth, Netns};
+use xnlb_tests::raw::mac_of;
 use xnlb_tests::tables::{half_table, VIP4B};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 5, 1);
 const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 5, 2);
-
-fn mac_of(ns: &Netns, dev: &str) -> [u8; 6] {
-    let s = ns.sh(&format!("cat /sys/class/net/{dev}/address"));
-    let mut mac = [0u8; 6];
-    for (m, part) in mac.iter_mut().zip(s.trim().split(':')) {
-        *m = u8::from_str_radix(part, 16).expect("mac");
-    }
-    mac
-}
 
 fn run_mode(mode: XdpMode) {
     let client = Netns::new("c");

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use pnet::packet::ethernet::EtherTypes;
+use xnlb::host::cluster_mac;
 use xnlb_common::{ipproto, slot_state, PROG_BENCH_BASELINE, PROG_BENCH_MINIMAL, PROG_FILTER};
 use xnlb_tests::fixture::Fixture;
 use xnlb_tests::frames::*;
@@ -32,8 +33,8 @@ fn main() {
         .expect("minimal")
         .load()
         .expect("load minimal filter");
-    let cmac4 = [0x03, 0xbf, 198, 18, 0, 100];
-    let cmac6 = [0x03, 0xbf, 0, 0, 1, 0];
+    let cmac4 = cluster_mac(VIP4.into(), false);
+    let cmac6 = cluster_mac(VIP6.into(), false);
     let c4: IpAddr = Ipv4Addr::new(198, 18, 1, 1).into();
     let c6: IpAddr = Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 1).into();
     let port = |vip: IpAddr, c: IpAddr, proto: u8, dport: u16, state: u8| -> (u16, usize) {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xnlb_tests::cluster::{Cluster, ClusterSpec, CLIENT, UDP_PORT, VIP};
-use xnlb_tests::traffic::{quantile, Probe, StreamHandle, UdpStream};
+use xnlb_tests::traffic::{quantile, Probe, ProbeThread, UdpStream};
 
 /// Probing before the fault: proves the cluster was serving everything.
 const PRE: Duration = Duration::from_millis(300);
@@ -120,7 +120,7 @@ fn analyse(probes: &[Probe], fault: Instant, inject_ms: f64) -> Sample {
     };
     let lost: Vec<f64> = probes
         .iter()
-        .filter(|p| p.answer.is_none())
+        .filter(|p| p.node.is_none())
         .map(rel)
         .collect();
     // A probe sent less than a timeout before the fault may have been lost
@@ -155,8 +155,8 @@ fn run_kind(kind: Fault, n: usize) -> KindResult {
     let mut probes = 0;
     for i in 0..n {
         let victim = (i % 3) as u8 + 1;
-        let stream = StreamHandle::start(
-            &c.client.name,
+        let stream = ProbeThread::udp_stream(
+            &c.client,
             spec.clone(),
             ids.clone(),
             PRE + POST + Duration::from_secs(2),

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use xnlb_tests::cluster::{
     connect_from, read_node_id, Cluster, ClusterSpec, CLIENT, UDP_PORT, VIP,
 };
-use xnlb_tests::traffic::{spawn_in, Burners, StreamHandle, UdpStream};
+use xnlb_tests::netns::spawn_in;
+use xnlb_tests::traffic::{Burners, ProbeThread, UdpStream};
 
 const NODES: [u8; 3] = [1, 2, 3];
 
@@ -98,8 +99,8 @@ fn main() {
     let burners = Burners::start(cpus);
     let duration = Duration::from_secs_f64(minutes * 60.0);
     let ids = Arc::new(AtomicU64::new(1));
-    let udp = StreamHandle::start(
-        &c.client.name,
+    let udp = ProbeThread::udp_stream(
+        &c.client,
         UdpStream {
             src: CLIENT,
             dst: SocketAddr::from((VIP, UDP_PORT)),
@@ -116,7 +117,7 @@ fn main() {
     let tcp = {
         let (stop, ok, fail) = (tcp_stop.clone(), tcp_ok.clone(), tcp_fail.clone());
         let end = Instant::now() + duration;
-        spawn_in(&c.client.name, move || {
+        spawn_in(&c.client, move || {
             let mut port = 30_000u16;
             let mut next = Instant::now();
             while !stop.load(Ordering::Relaxed) && Instant::now() < end {
@@ -194,16 +195,16 @@ fn main() {
         }
     }
     let overlaps = c.overlaps();
-    let udp_lost = probes.iter().filter(|p| p.answer.is_none()).count();
+    let udp_lost = probes.iter().filter(|p| p.node.is_none()).count();
     let mut lat: Vec<f64> = probes
         .iter()
-        .filter_map(|p| p.answer.map(|(_, d)| d.as_secs_f64() * 1e3))
+        .filter_map(|p| p.rtt.map(|d| d.as_secs_f64() * 1e3))
         .collect();
     lat.sort_by(|a, b| a.total_cmp(b));
     let q = |f: f64| xnlb_tests::traffic::quantile(&lat, f).unwrap_or(f64::NAN);
     let mut per_node = [0u64; 4];
     for p in &probes {
-        if let Some((n, _)) = p.answer {
+        if let Some(n) = p.node {
             if (1..=3).contains(&n) {
                 per_node[n as usize] += 1;
             }
