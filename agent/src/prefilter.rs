@@ -186,7 +186,7 @@ addrs = ["198.19.1.2:7450", "[fd00:1::2]:7450"]
         assert!(!receiver_copy.admits("198.19.1.9:7450".parse().expect("addr")));
         let moved = Config::parse(
             std::path::Path::new("t.toml"),
-            &r#"
+            r#"
 [node]
 id = 1
 interface = "eth0"

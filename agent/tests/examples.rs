@@ -32,7 +32,12 @@ fn the_examples_show_a_witness_and_a_standby() {
     let roles: Vec<String> = examples()
         .iter()
         .filter_map(|f| Config::load(f).ok())
-        .flat_map(|c| c.members.iter().map(|m| format!("{:?}", m.role)).collect::<Vec<_>>())
+        .flat_map(|c| {
+            c.members
+                .iter()
+                .map(|m| format!("{:?}", m.role))
+                .collect::<Vec<_>>()
+        })
         .collect();
     assert!(roles.iter().any(|r| r == "Witness"), "{roles:?}");
     assert!(roles.iter().any(|r| r == "Standby"), "{roles:?}");

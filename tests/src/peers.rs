@@ -26,7 +26,7 @@ use crate::tables::{table, BUCKETS, VIP4};
 
 /// The VIP's multicast cluster MAC, where every frame goes.
 fn vip_cluster_mac() -> [u8; 6] {
-    xnlb::host::cluster_mac(IpAddr::V4(VIP4), false)
+    xnlb::host::cluster_mac(IpAddr::V4(VIP4), xnlb::config::MacMode::Multicast)
 }
 
 /// Distinct flows in the traffic (one source address each, 198.18.64.0/18).

@@ -154,7 +154,10 @@ fn tagged_udp(src_mac: [u8; 6], vid: u16, sport: u16, id: u64) -> Vec<u8> {
     let vip = VIP.octets();
     let cl = CLIENT.octets();
     let mut f = Vec::new();
-    f.extend_from_slice(&cluster_mac(IpAddr::V4(VIP), false));
+    f.extend_from_slice(&cluster_mac(
+        IpAddr::V4(VIP),
+        xnlb::config::MacMode::Multicast,
+    ));
     f.extend_from_slice(&src_mac);
     f.extend_from_slice(&[0x81, 0x00]);
     f.extend_from_slice(&(vid & 0x0fff).to_be_bytes());

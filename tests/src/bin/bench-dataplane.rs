@@ -33,8 +33,8 @@ fn main() {
         .expect("minimal")
         .load()
         .expect("load minimal filter");
-    let cmac4 = cluster_mac(VIP4.into(), false);
-    let cmac6 = cluster_mac(VIP6.into(), false);
+    let cmac4 = cluster_mac(VIP4.into(), xnlb::config::MacMode::Multicast);
+    let cmac6 = cluster_mac(VIP6.into(), xnlb::config::MacMode::Multicast);
     let c4: IpAddr = Ipv4Addr::new(198, 18, 1, 1).into();
     let c6: IpAddr = Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 1).into();
     let port = |vip: IpAddr, c: IpAddr, proto: u8, dport: u16, state: u8| -> (u16, usize) {
