@@ -13,6 +13,7 @@
 //! math and the lease proof), [`assign`] (replicated state and assignment),
 //! [`epoch`] (Paxos per epoch), [`node`] (the state machine), [`status`].
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 pub mod assign;
 pub mod auth;
