@@ -19,7 +19,7 @@ use crate::time::Time;
 use crate::wire::{Body, DropReason, Heartbeat, Op, SNAPSHOT_CHUNK};
 
 use super::outbox::Event;
-use super::Node;
+use super::{Node, Timer};
 
 /// Committed epochs kept for replay to members that are behind.
 const LOG_LEN: usize = 64;
@@ -40,17 +40,23 @@ pub(crate) struct Catchup {
     snapshot_rx: Option<SnapshotRx>,
     /// Last sync request (`Time(0)`: none, or the next may go at once).
     sync_sent: Time,
+    /// A request held back by the one-per-interval limit: `(to, link)`,
+    /// sent when [`super::Timer::SyncBackoff`] expires.
+    held: Option<(u8, usize)>,
 }
 
 impl Catchup {
-    /// Whether a sync request may go now (at most one per `interval`); if
-    /// so, it counts as sent.
-    fn may_request(&mut self, now: Time, interval: u64) -> bool {
+    /// Whether a sync request to `to` may go now (at most one per
+    /// `interval`): if so it counts as sent, else it is held back until the
+    /// returned time.
+    fn may_request(&mut self, now: Time, interval: u64, to: u8, link: usize) -> Result<(), Time> {
         if now.since(self.sync_sent) < interval && self.sync_sent != Time(0) {
-            return false;
+            self.held = Some((to, link));
+            return Err(self.sync_sent + interval);
         }
         self.sync_sent = now;
-        true
+        self.held = None;
+        Ok(())
     }
 
     /// Records the installed `epoch`: its ops extend the log (a state
@@ -110,12 +116,12 @@ impl Node {
     /// Asks `to` for what we miss (commits or a snapshot), at most once per
     /// heartbeat interval.
     pub(super) fn request_sync(&mut self, now: Time, to: u8, link: usize) {
-        if !self
-            .catchup
-            .may_request(now, self.cfg.heartbeat_interval_ns)
-        {
+        let interval = self.cfg.heartbeat_interval_ns;
+        if let Err(until) = self.catchup.may_request(now, interval, to, link) {
+            self.timers.set(Timer::SyncBackoff, until);
             return;
         }
+        self.timers.stop(Timer::SyncBackoff);
         self.send_on(
             to,
             link,
@@ -124,6 +130,13 @@ impl Node {
                 digest: self.digest,
             },
         );
+    }
+
+    /// Sends the sync request held back by the rate limit.
+    pub(super) fn send_held_sync(&mut self, now: Time) {
+        if let Some((to, link)) = self.catchup.held.take() {
+            self.request_sync(now, to, link);
+        }
     }
 
     /// Peer `pi` reports another state than ours at our epoch: stop

@@ -41,7 +41,8 @@
 //!   promise horizon a restart must honour;
 //! - [`report`]: status, member and node state, debug line, config mismatch
 //!   and liveness events;
-//! - [`intent`]: what the operator and health checks ask of this node.
+//! - [`intent`]: what the operator and health checks ask of this node;
+//! - [`timer`]: every deadline, by name.
 
 mod acceptor;
 mod catchup;
@@ -51,6 +52,7 @@ mod plane;
 mod proposer;
 mod report;
 mod storage;
+mod timer;
 
 pub use outbox::{Event, Transmit};
 pub use report::MemberState;
@@ -69,7 +71,8 @@ use intent::Intent;
 use outbox::Outbox;
 use plane::Plane;
 use proposer::Proposer;
-use storage::{Restored, Storage};
+use storage::{HorizonChange, Restored, Storage};
+use timer::{Timer, TimerTable};
 
 /// Why this node's own state keeps it from serving and voting, besides
 /// quorum and lease.
@@ -110,7 +113,7 @@ pub struct Node {
     storage: Storage,
     outbox: Outbox,
     had_quorum: bool,
-    next_heartbeat: Time,
+    timers: TimerTable,
     /// Latest `now` of any input: a peer's death is woken for only after it.
     last_input: Time,
     counters: Vec<(DropReason, u64)>,
@@ -178,19 +181,25 @@ impl Node {
             digest: state.digest(),
             intent: Intent::default(),
             acceptor: Acceptor::new(restored.acceptor),
-            proposer: Proposer::new(now, restored.max_round),
+            proposer: Proposer::new(restored.max_round),
             catchup: Catchup::default(),
             plane: Plane::new(),
-            storage: Storage::new(now, restored.max_horizon, cfg.dead_after_ns),
+            storage: Storage::new(restored.max_horizon, cfg.dead_after_ns),
             outbox: Outbox::default(),
             had_quorum: false,
-            next_heartbeat: now,
+            timers: TimerTable::default(),
             last_input: now,
             counters: DropReason::ALL.iter().map(|&r| (r, 0)).collect(),
             state,
             cfg,
         };
         node.acceptor.paxos.advance(node.state.epoch);
+        node.timers.set(Timer::Heartbeat, now);
+        if restored.max_horizon > node.cfg.dead_after_ns {
+            // Promises of an earlier incarnation under a larger horizon.
+            node.timers
+                .set(Timer::HorizonLower, now + restored.max_horizon);
+        }
         if node.cfg.failback == Failback::Manual
             && node
                 .state
@@ -217,29 +226,57 @@ impl Node {
         self.after_input(now);
     }
 
-    /// Runs timers: heartbeats, failure detection, proposals, deferred
-    /// accepts, handoff timeouts.
+    /// Handles every timer that has expired at `now` ([`Node::poll_timeout`]
+    /// says when the first one does), each by name.
     pub fn handle_timeout(&mut self, now: Time) {
-        if now >= self.next_heartbeat {
-            self.send_heartbeats(now);
-            self.next_heartbeat = now + self.cfg.heartbeat_interval_ns;
-            if self.storage.failed && !self.outbox.persist_queued() {
-                // Retry the write once per heartbeat until the disk is back.
-                self.persist();
+        for timer in Timer::VALUES {
+            if !self.timers.is_expired(timer, now) {
+                continue;
             }
-            if self.storage.lower_horizon(now, self.cfg.dead_after_ns) {
-                self.persist();
-            }
-            if !self.plane.installed {
-                // Retry the install: the shell reports failure again if it
-                // still fails; heartbeats say `installed` only after this.
-                self.plane.forget_install();
-                self.refresh_dataplane(now);
-            }
+            self.timers.stop(timer);
+            self.on_timer(now, timer);
         }
-        self.run_pending_accept(now);
         self.run_local(now);
         self.after_input(now);
+    }
+
+    fn on_timer(&mut self, now: Time, timer: Timer) {
+        let interval = self.cfg.heartbeat_interval_ns;
+        match timer {
+            Timer::Heartbeat => {
+                self.send_heartbeats(now);
+                self.timers.set(Timer::Heartbeat, now + interval);
+            }
+            Timer::PersistRetry => {
+                if self.storage.failed {
+                    // Retry once per interval until the disk is back.
+                    if !self.outbox.persist_queued() {
+                        self.persist();
+                    }
+                    self.timers.set(Timer::PersistRetry, now + interval);
+                }
+            }
+            Timer::HorizonLower => {
+                self.storage.lower_horizon(self.cfg.dead_after_ns);
+                self.persist();
+            }
+            Timer::InstallRetry => {
+                if !self.plane.installed {
+                    // The shell reports failure again if it still fails;
+                    // heartbeats say `installed` only after this.
+                    self.plane.forget_install();
+                    self.refresh_dataplane(now);
+                }
+            }
+            Timer::PendingAccept => self.run_pending_accept(now),
+            Timer::ProposalGiveUp => self.give_up_proposal(),
+            Timer::ProposalResend => self.resend_proposal(now),
+            Timer::HandoffDeadline => self.refresh_handoff(now),
+            Timer::SyncBackoff => self.send_held_sync(now),
+            // The failure is acted on by `after_input` (liveness events, a
+            // fencing proposal), and the back-off's end by `coordinate`.
+            Timer::FailureDetection | Timer::ProposalBackoff => {}
+        }
     }
 
     /// Operator `drain`: stop taking new flows, finish existing ones (at most
@@ -295,6 +332,8 @@ impl Node {
     pub fn persisted(&mut self, now: Time, seq: u64, ok: bool) {
         if self.storage.written(seq, ok) {
             self.revoke_lease();
+            self.timers
+                .set(Timer::PersistRetry, now + self.cfg.heartbeat_interval_ns);
         }
         self.after_input(now);
     }
@@ -302,7 +341,7 @@ impl Node {
     /// The shell could not write the last [`Event::Install`] to the data
     /// plane (which keeps its previous table). The node is fenced, reports
     /// itself not installed, drops the datagrams queued so far (they may
-    /// claim the install), and retries at the next heartbeat.
+    /// claim the install), and retries a heartbeat interval later.
     pub fn install_failed(&mut self, now: Time) {
         self.plane.installed = false;
         // A lease extension queued behind the failed install must not reach
@@ -310,6 +349,8 @@ impl Node {
         self.outbox.drop_lease_extensions();
         self.revoke_lease();
         self.outbox.clear_transmits();
+        self.timers
+            .set(Timer::InstallRetry, now + self.cfg.heartbeat_interval_ns);
         self.after_input(now);
     }
 
@@ -327,9 +368,14 @@ impl Node {
         }
         self.auth = Authenticator::new(&config.key);
         self.cfg = config;
-        if self.storage.adopt_dead_after(now, self.cfg.dead_after_ns) {
-            self.persist();
-            self.storage.horizon_written_by_last();
+        match self.storage.adopt_dead_after(now, self.cfg.dead_after_ns) {
+            HorizonChange::Raised => {
+                self.timers.stop(Timer::HorizonLower);
+                self.persist();
+                self.storage.horizon_written_by_last();
+            }
+            HorizonChange::LowerAt(t) => self.timers.set(Timer::HorizonLower, t),
+            HorizonChange::Kept => {}
         }
         self.after_input(now);
         Ok(())
@@ -354,26 +400,13 @@ impl Node {
         self.outbox.poll_event()
     }
 
-    /// When [`Node::handle_timeout`] must be called next.
+    /// When [`Node::handle_timeout`] must be called next: the earliest
+    /// armed timer (none once the node has stopped).
     pub fn poll_timeout(&self) -> Option<Time> {
         if self.intent.stop_emitted {
             return None;
         }
-        let mut t = self.next_heartbeat;
-        if let Some(ready_at) = self.acceptor.pending_ready_at() {
-            t = t.min(ready_at);
-        }
-        // Wake exactly when a participating peer crosses `dead_after`, so a
-        // failure is acted on at once rather than at the next heartbeat.
-        for p in &self.peers {
-            if let Some(last) = p.last_heard {
-                let dead_at = last + self.cfg.dead_after_ns;
-                if dead_at > self.last_input && self.state.participates(p.id) {
-                    t = t.min(dead_at);
-                }
-            }
-        }
-        Some(t)
+        self.timers.next_timeout()
     }
 
     /// Current owner of a data-plane slot index (bucket `0..buckets`, single
@@ -614,6 +647,7 @@ impl Node {
             self.refresh_lease(now);
             self.outbox.push(Event::Stopped);
         }
+        self.arm_timers();
     }
 }
 

@@ -146,6 +146,14 @@ impl Plane {
         Some(Event::Lease { until })
     }
 
+    /// When the handoff of `epoch` times out, if it is open.
+    pub(crate) fn handoff_deadline(&self, epoch: u64, timeout: u64) -> Option<Time> {
+        if self.handoff_done >= epoch {
+            return None;
+        }
+        self.releasing_since.map(|since| since + timeout)
+    }
+
     /// Ends the handoff of `epoch` when the releasing slots' flows are gone
     /// or `timeout` has passed since they began releasing.
     fn handoff(&mut self, now: Time, epoch: u64, timeout: u64) -> Option<Event> {

@@ -6,7 +6,9 @@
 //! view differs from the installed state ([`Node::desired_ops`], built from
 //! one [`MemberView`] per member), or when an acceptor may hold a value that
 //! must be carried forward. Rounds are persisted before a `Prepare` leaves,
-//! so a restarted proposer never reuses a ballot.
+//! so a restarted proposer never reuses a ballot. A proposal is resent every
+//! heartbeat interval and given up after `dead_after` plus four intervals,
+//! each by its own timer; an outbid proposer backs off by a timer too.
 
 use crate::assign::{MemberRec, Standing};
 use crate::epoch::{self, Phase, PromiseFrom, Proposal};
@@ -15,7 +17,7 @@ use crate::quorum;
 use crate::time::Time;
 use crate::wire::{Ballot, Body, Heartbeat, Op, Wish};
 
-use super::Node;
+use super::{Node, Timer};
 
 /// At most this many operations per epoch.
 const MAX_OPS: usize = 64;
@@ -26,8 +28,6 @@ pub(crate) struct Proposer {
     proposal: Option<Proposal>,
     /// Highest round used or seen (persisted).
     pub(crate) max_round: u64,
-    /// No new proposal before this (back-off after being outbid).
-    retry_after: Time,
 }
 
 /// What the coordinator knows of one member when it decides the next
@@ -66,11 +66,19 @@ impl MemberView {
 
 impl Proposer {
     /// Resumes with the highest round a previous incarnation used.
-    pub(crate) fn new(now: Time, max_round: u64) -> Proposer {
+    pub(crate) fn new(max_round: u64) -> Proposer {
         Proposer {
             proposal: None,
             max_round,
-            retry_after: now,
+        }
+    }
+
+    /// When the proposal in flight is due for a resend (`interval` after
+    /// the last send) and when it is given up (`patience` after its start).
+    pub(crate) fn deadlines(&self, interval: u64, patience: u64) -> (Option<Time>, Option<Time>) {
+        match &self.proposal {
+            Some(p) => (Some(p.last_sent + interval), Some(p.started + patience + 1)),
+            None => (None, None),
         }
     }
 
@@ -261,11 +269,12 @@ impl Node {
                 && self
                     .peer(rival)
                     .is_some_and(|p| self.liveness(now, p) != Liveness::Dead);
-            self.proposer.retry_after = if live_rival {
-                now + self.backoff()
+            if live_rival {
+                let until = now + self.backoff();
+                self.timers.set(Timer::ProposalBackoff, until);
             } else {
-                now
-            };
+                self.timers.stop(Timer::ProposalBackoff);
+            }
         }
     }
 
@@ -295,35 +304,48 @@ impl Node {
         true
     }
 
-    /// As coordinator: resend or give up the proposal in flight, or start
-    /// one if there is something to decide.
-    pub(super) fn coordinate(&mut self, now: Time) {
-        if !self.is_coordinator(now) {
+    /// The proposal in flight took too long ([`Timer::ProposalGiveUp`]):
+    /// drop it, so the next one starts at once with a higher ballot.
+    pub(super) fn give_up_proposal(&mut self) {
+        self.proposer.proposal = None;
+        self.timers.stop(Timer::ProposalBackoff);
+    }
+
+    /// Resends the proposal in flight ([`Timer::ProposalResend`]); only the
+    /// coordinator drives it, but the next resend is due an interval from
+    /// now either way.
+    pub(super) fn resend_proposal(&mut self, now: Time) {
+        let coordinator = self.is_coordinator(now);
+        let Some(p) = self.proposer.proposal.as_mut() else {
+            return;
+        };
+        p.last_sent = now;
+        if !coordinator {
             return;
         }
-        let retry = self.cfg.dead_after_ns + 4 * self.cfg.heartbeat_interval_ns;
-        if let Some(p) = self.proposer.proposal.as_mut() {
-            if now.since(p.started) > retry {
-                self.proposer.proposal = None;
-                self.proposer.retry_after = now;
-            } else {
-                if now.since(p.last_sent) >= self.cfg.heartbeat_interval_ns {
-                    p.last_sent = now;
-                    let (epoch, ballot) = (p.epoch, p.ballot);
-                    let body = match &p.phase {
-                        Phase::Preparing(_) => Body::Prepare { epoch, ballot },
-                        Phase::Accepting { ops, .. } => Body::Accept {
-                            epoch,
-                            ballot,
-                            ops: ops.clone(),
-                        },
-                    };
-                    self.broadcast_remote(body);
-                }
-                return;
-            }
+        let (epoch, ballot) = (p.epoch, p.ballot);
+        let body = match &p.phase {
+            Phase::Preparing(_) => Body::Prepare { epoch, ballot },
+            Phase::Accepting { ops, .. } => Body::Accept {
+                epoch,
+                ballot,
+                ops: ops.clone(),
+            },
+        };
+        self.broadcast_remote(body);
+    }
+
+    /// As coordinator with no proposal in flight and no back-off: start one
+    /// if there is something to decide. (Resends and giving up are timers.)
+    pub(super) fn coordinate(&mut self, now: Time) {
+        if !self.is_coordinator(now) || self.proposer.proposal.is_some() {
+            return;
         }
-        if now < self.proposer.retry_after {
+        if self
+            .timers
+            .get(Timer::ProposalBackoff)
+            .is_some_and(|until| now < until)
+        {
             return;
         }
         // A value some acceptor may hold must be carried forward, so a

@@ -144,7 +144,7 @@ impl Node {
             self.desired_ops(now),
             self.plane.lease_emitted,
             self.storage.max_horizon / MS,
-            self.storage.horizon_lower_at,
+            self.timers.get(super::Timer::HorizonLower),
             self.blocked(),
         )
     }

@@ -110,15 +110,23 @@ pub(crate) struct Storage {
     pub(crate) durable_horizon: u64,
     /// The write that records `max_horizon`.
     horizon_seq: u64,
-    /// When promises made under a larger horizon have all run out, so the
-    /// horizon a restart must honour can shrink to `dead_after`.
-    pub(crate) horizon_lower_at: Option<Time>,
+}
+
+/// What a new `dead_after` does to the promise horizon.
+pub(crate) enum HorizonChange {
+    /// Raised: persist it before advertising it.
+    Raised,
+    /// Smaller: lower the horizon once the promises already given under
+    /// the larger one run out, at this time ([`super::Timer::HorizonLower`]).
+    LowerAt(Time),
+    /// Equal.
+    Kept,
 }
 
 impl Storage {
     /// Bookkeeping at start: what a previous incarnation advertised
     /// (`restored_horizon`) is durable already.
-    pub(crate) fn new(now: Time, restored_horizon: u64, dead_after: u64) -> Storage {
+    pub(crate) fn new(restored_horizon: u64, dead_after: u64) -> Storage {
         Storage {
             persist_seq: 0,
             durable_seq: 0,
@@ -126,7 +134,6 @@ impl Storage {
             max_horizon: restored_horizon.max(dead_after),
             durable_horizon: restored_horizon,
             horizon_seq: 0,
-            horizon_lower_at: (restored_horizon > dead_after).then(|| now + restored_horizon),
         }
     }
 
@@ -157,32 +164,25 @@ impl Storage {
         }
     }
 
-    /// A reload changed `dead_after`: a larger one raises the horizon (true:
-    /// persist it before advertising it); a smaller one lowers it only once
-    /// the promises already given have run out.
-    pub(crate) fn adopt_dead_after(&mut self, now: Time, dead_after: u64) -> bool {
+    /// A reload changed `dead_after`: a larger one raises the horizon at
+    /// once; a smaller one lowers it only once the promises already given
+    /// have run out.
+    pub(crate) fn adopt_dead_after(&mut self, now: Time, dead_after: u64) -> HorizonChange {
         if dead_after > self.max_horizon {
             self.max_horizon = dead_after;
-            self.horizon_lower_at = None;
-            true
+            HorizonChange::Raised
+        } else if dead_after < self.max_horizon {
+            HorizonChange::LowerAt(now + self.max_horizon)
         } else {
-            if dead_after < self.max_horizon {
-                self.horizon_lower_at = Some(now + self.max_horizon);
-            }
-            false
+            HorizonChange::Kept
         }
     }
 
-    /// Lowers the horizon to `dead_after` once the promises made under the
-    /// larger one have run out; true if it did (persist it).
-    pub(crate) fn lower_horizon(&mut self, now: Time, dead_after: u64) -> bool {
-        if self.horizon_lower_at.is_none_or(|t| now < t) {
-            return false;
-        }
-        self.horizon_lower_at = None;
+    /// Lowers the horizon to `dead_after`: the promises made under the
+    /// larger one have run out.
+    pub(crate) fn lower_horizon(&mut self, dead_after: u64) {
         self.max_horizon = dead_after;
         self.durable_horizon = self.durable_horizon.min(self.max_horizon);
-        true
     }
 }
 
