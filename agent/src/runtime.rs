@@ -17,7 +17,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 use xnlb_common::{ipproto, slot_state, Table, MAX_BUCKETS};
-use xnlb_proto::{Event, MemberState, Node, Time, Transmit};
+use xnlb_proto::{Action, MemberState, Node, Report, Time, Transmit};
 
 use crate::config::{Config, Role, XdpMode};
 use crate::control::server::{self, Command};
@@ -209,13 +209,17 @@ fn setup_dataplane(cfg: &Config, plan: &Plan) -> Result<(Dataplane, String)> {
 }
 
 impl Shell {
-    /// Applies the core's events, then sends its datagrams. Events come
-    /// first (a failed install must be reported before anything leaves); a
+    /// Carries out the core's actions, logs its reports, then sends its
+    /// datagrams. Actions come first (a failed install must be reported
+    /// before anything leaves; the core yields no datagram before); a
     /// datagram that depends on a write not yet durable is held until the
     /// writer reports it.
     fn drive(&mut self) {
-        while let Some(ev) = self.node.poll_event() {
-            self.apply(ev);
+        while let Some(action) = self.node.poll_action() {
+            self.apply(action);
+        }
+        while let Some(report) = self.node.poll_report() {
+            self.log(report);
         }
         while let Some(t) = self.node.poll_transmit() {
             if t.after_persist > self.durable {
@@ -276,10 +280,9 @@ impl Shell {
         self.drive();
     }
 
-    fn apply(&mut self, ev: Event) {
-        let t = now();
-        match ev {
-            Event::Install {
+    fn apply(&mut self, action: Action) {
+        match action {
+            Action::Install {
                 epoch,
                 states,
                 singles,
@@ -310,14 +313,30 @@ impl Shell {
                 );
                 self.installed = Some(table);
             }
-            Event::Lease { until } => {
+            Action::Lease { until } => {
                 if let Some(dp) = &mut self.dp {
                     if let Err(e) = dp.set_lease(until.0) {
                         error!("extending the lease: {e}");
                     }
                 }
             }
-            Event::MemberState { id, state, why } => {
+            Action::Persist { seq, state } => {
+                if !self.writer.write(seq, state) {
+                    error!("the state file writer is gone; fencing");
+                    self.node.persisted(now(), seq, false);
+                }
+            }
+            Action::Stopped => {
+                info!("left the cluster");
+                self.stopped = true;
+            }
+        }
+    }
+
+    fn log(&mut self, report: Report) {
+        let t = now();
+        match report {
+            Report::MemberState { id, state, why } => {
                 info!("member {id} {}: {why}", state.as_str());
                 let f = &mut self.failovers;
                 if state == MemberState::Dead {
@@ -330,7 +349,7 @@ impl Shell {
                     f.dead.remove(&id);
                 }
             }
-            Event::Quorum { has, why } => {
+            Report::Quorum { has, why } => {
                 self.failovers.quorum = has;
                 if has {
                     info!("quorum gained: {why}");
@@ -338,7 +357,7 @@ impl Shell {
                     warn!("quorum lost, serving nothing: {why}");
                 }
             }
-            Event::Epoch { from, to, why } => {
+            Report::Epoch { from, to, why } => {
                 info!("epoch {from} -> {to}: {why}");
                 for (id, since) in self.failovers.pending.drain(..) {
                     let ms = t.0.saturating_sub(since.0) as f64 / 1e6;
@@ -346,10 +365,10 @@ impl Shell {
                     self.failovers.samples_ms.push(ms);
                 }
             }
-            Event::ConfigMismatch { member, what } => {
+            Report::ConfigMismatch { member, what } => {
                 warn!("member {member} has a different configuration, refusing it: {what}");
             }
-            Event::HandoffDone { epoch, timed_out } => {
+            Report::HandoffDone { epoch, timed_out } => {
                 info!(
                     "handoff of epoch {epoch} done{}",
                     if timed_out {
@@ -359,20 +378,10 @@ impl Shell {
                     }
                 );
             }
-            Event::Persist { seq, state } => {
-                if !self.writer.write(seq, state) {
-                    error!("the state file writer is gone; fencing");
-                    self.node.persisted(now(), seq, false);
-                }
-            }
-            Event::Divergence { member, epoch } => {
+            Report::Divergence { member, epoch } => {
                 warn!(
                     "member {member} holds another map than ours at epoch {epoch}: not vouching for it; repairing from the map a quorum holds"
                 );
-            }
-            Event::Stopped => {
-                info!("left the cluster");
-                self.stopped = true;
             }
         }
     }

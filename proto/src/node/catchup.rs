@@ -18,7 +18,7 @@ use crate::quorum;
 use crate::time::Time;
 use crate::wire::{Body, DropReason, Heartbeat, Op, SNAPSHOT_CHUNK};
 
-use super::outbox::Event;
+use super::outbox::Report;
 use super::{Node, Timer};
 
 /// Committed epochs kept for replay to members that are behind.
@@ -149,7 +149,7 @@ impl Node {
         peer.vouch = None;
         if peer.diverged_at != epoch {
             peer.diverged_at = epoch;
-            self.outbox.push(Event::Divergence {
+            self.outbox.push_report(Report::Divergence {
                 member: from,
                 epoch,
             });
@@ -314,7 +314,7 @@ impl Node {
                 .join(", ");
         }
         why.push_str(&moved_summary(&before, &self.state));
-        self.outbox.push(Event::Epoch {
+        self.outbox.push_report(Report::Epoch {
             from,
             to: epoch,
             why,
@@ -322,7 +322,7 @@ impl Node {
         for m in &self.state.members {
             let old = before.member(m.id).map(|r| r.standing);
             if old != Some(m.standing) {
-                self.outbox.push(Event::MemberState {
+                self.outbox.push_report(Report::MemberState {
                     id: m.id,
                     state: self.member_state(now, m.id),
                     why: format!("epoch {epoch}: {:?} -> {:?}", old, m.standing),
@@ -381,7 +381,7 @@ pub(super) fn state_fits(s: &ClusterState, cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// `"; slots moved: N from A to B, ..."` for the epoch event.
+/// `"; slots moved: N from A to B, ..."` for the epoch report.
 fn moved_summary(before: &ClusterState, after: &ClusterState) -> String {
     let mut pairs: Vec<((u8, u8), usize)> = Vec::new();
     for (a, b) in before.owner.iter().zip(&after.owner) {

@@ -20,7 +20,7 @@ pub(crate) struct Intent {
     pub(crate) rebalance_requests: u32,
     /// Left the cluster: the data plane owns nothing any more.
     pub(crate) stopped: bool,
-    /// [`crate::Event::Stopped`] was emitted: nothing more will happen.
+    /// [`crate::Action::Stopped`] was emitted: nothing more will happen.
     pub(crate) stop_emitted: bool,
     /// `drain --timeout` (or 0 for `stop`) instead of `drain_timeout`.
     pub(crate) drain_timeout_override: Option<u64>,

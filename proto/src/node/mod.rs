@@ -4,13 +4,15 @@
 //! # Driving it (the shell's loop)
 //! 1. Feed every received datagram to [`Node::handle_datagram`] and call
 //!    [`Node::handle_timeout`] when [`Node::poll_timeout`] is reached.
-//! 2. After each call, drain [`Node::poll_event`] *first* (`Install` and
-//!    `Lease` to the data plane; hand `Persist` to the writer), *then*
-//!    [`Node::poll_transmit`]. A transmit whose [`Transmit::after_persist`]
-//!    is not yet durable waits for that write (heartbeats need only the first, so a
-//!    slow disk never delays them); report every write's outcome with
-//!    [`Node::persisted`] and a failed install with [`Node::install_failed`]
-//!    before polling transmits.
+//! 2. After each call, drain [`Node::poll_action`] *first* (`Install` and
+//!    `Lease` to the data plane; hand `Persist` to the writer; `Stopped`),
+//!    log what [`Node::poll_report`] says, *then* drain
+//!    [`Node::poll_transmit`], which yields nothing while an action waits.
+//!    A transmit whose [`Transmit::after_persist`] is not yet durable waits
+//!    for that write (heartbeats need only the first, so a slow disk never
+//!    delays them); report every write's outcome with [`Node::persisted`]
+//!    and a failed install with [`Node::install_failed`] before polling
+//!    transmits.
 //!
 //! # Data-plane rule (S1, S6)
 //! A slot's state only ever *gains* acceptance of new flows (to `OWNED` or
@@ -25,24 +27,24 @@
 //! This file only coordinates: it owns the configuration, the peers, the
 //! installed [`ClusterState`] and the operator's intent, takes every input
 //! through the public API, dispatches message bodies, and runs
-//! [`Node::after_input`] once per input. The state and the logic that
+//! `after_input` once per input. The state and the logic that
 //! changes it live together in sibling modules, one sub-struct each:
-//! - [`acceptor`]: Paxos acceptor duties, one admission guard for `Prepare`
+//! - `acceptor.rs`: Paxos acceptor duties, one admission guard for `Prepare`
 //!   and `Accept`, the deferred `Accepted` and the vouching promises;
-//! - [`proposer`]: coordination, promises, acceptances, rejections and the
+//! - `proposer.rs`: coordination, promises, acceptances, rejections and the
 //!   operations the coordinator wants next;
-//! - [`catchup`]: sync requests, commit log, snapshots (incl. the repair of
+//! - `catchup.rs`: sync requests, commit log, snapshots (incl. the repair of
 //!   an equal-epoch divergence), commits and the install of a committed state;
-//! - [`plane`]: the data-plane table, barrier, handoff, lease and whether the
+//! - `plane.rs`: the data-plane table, barrier, handoff, lease and whether the
 //!   data plane holds our map;
-//! - [`outbox`]: sequence numbers, transmits, the local queue, events,
-//!   broadcasts and heartbeats;
-//! - [`storage`]: what is persisted, its checksum, write bookkeeping and the
+//! - `outbox.rs`: sequence numbers, transmits, the local queue, actions and
+//!   reports, broadcasts and heartbeats;
+//! - `storage.rs`: what is persisted, its checksum, write bookkeeping and the
 //!   promise horizon a restart must honour;
-//! - [`report`]: status, member and node state, debug line, config mismatch
-//!   and liveness events;
-//! - [`intent`]: what the operator and health checks ask of this node;
-//! - [`timer`]: every deadline, by name.
+//! - `report.rs`: status, member and node state, debug line, config mismatch
+//!   and liveness reports;
+//! - `intent.rs`: what the operator and health checks ask of this node;
+//! - `timer.rs`: every deadline, by name.
 
 mod acceptor;
 mod catchup;
@@ -54,7 +56,7 @@ mod report;
 mod storage;
 mod timer;
 
-pub use outbox::{Event, Transmit};
+pub use outbox::{Action, Report, Transmit};
 pub use report::MemberState;
 
 use crate::assign::{ClusterState, Standing};
@@ -137,7 +139,7 @@ impl Node {
         ))
     }
 
-    /// A node restarting with the bytes of its last [`Event::Persist`]:
+    /// A node restarting with the bytes of its last [`Action::Persist`]:
     /// it keeps its Paxos promises, its ballots, its lease promises and its
     /// last committed state. The incarnation used is the larger of
     /// `incarnation` and the persisted one plus one, so a wall clock stepped
@@ -273,7 +275,7 @@ impl Node {
             Timer::ProposalResend => self.resend_proposal(now),
             Timer::HandoffDeadline => self.refresh_handoff(now),
             Timer::SyncBackoff => self.send_held_sync(now),
-            // The failure is acted on by `after_input` (liveness events, a
+            // The failure is acted on by `after_input` (liveness reports, a
             // fencing proposal), and the back-off's end by `coordinate`.
             Timer::FailureDetection | Timer::ProposalBackoff => {}
         }
@@ -311,7 +313,7 @@ impl Node {
     }
 
     /// Operator `stop`: hand everything off at once and leave; emits
-    /// [`Event::Stopped`] when done (at once if we own nothing).
+    /// [`Action::Stopped`] when done (at once if we own nothing).
     pub fn stop(&mut self, now: Time) {
         self.intent.leaving = true;
         self.intent.drain_timeout_override = Some(0);
@@ -338,7 +340,7 @@ impl Node {
         self.after_input(now);
     }
 
-    /// The shell could not write the last [`Event::Install`] to the data
+    /// The shell could not write the last [`Action::Install`] to the data
     /// plane (which keeps its previous table). The node is fenced, reports
     /// itself not installed, drops the datagrams queued so far (they may
     /// claim the install), and retries a heartbeat interval later.
@@ -390,14 +392,24 @@ impl Node {
 
     // --------------------------------------------------------------- outputs
 
-    /// Next datagram to send.
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.outbox.poll_transmit()
+    /// Next thing the shell must do ([`Action`]): drain these first after
+    /// every call, in order. An `Install` that fails must be reported with
+    /// [`Node::install_failed`] and a `Persist`'s outcome with
+    /// [`Node::persisted`].
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.outbox.poll_action()
     }
 
-    /// Next event for the shell.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.outbox.poll_event()
+    /// Next thing to log ([`Report`]); nothing waits for these.
+    pub fn poll_report(&mut self) -> Option<Report> {
+        self.outbox.poll_report()
+    }
+
+    /// Next datagram to send: none while an action waits in
+    /// [`Node::poll_action`] (a datagram may depend on it). One whose
+    /// [`Transmit::after_persist`] is not yet durable waits for that write.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.outbox.poll_transmit()
     }
 
     /// When [`Node::handle_timeout`] must be called next: the earliest
@@ -571,7 +583,7 @@ impl Node {
         peer.mismatch_reported = false;
         if restarted {
             let id = peer.id;
-            self.outbox.push(Event::MemberState {
+            self.outbox.push_report(Report::MemberState {
                 id,
                 state: MemberState::Alive,
                 why: format!("member {id} restarted (new incarnation {incarnation})"),
@@ -625,7 +637,7 @@ impl Node {
     }
 
     /// Runs after every input: the barrier, handoff, lease, liveness
-    /// events, coordination and a graceful leave all follow from the
+    /// reports, coordination and a graceful leave all follow from the
     /// state the input left.
     fn after_input(&mut self, now: Time) {
         self.last_input = self.last_input.max(now);
@@ -634,7 +646,7 @@ impl Node {
         }
         self.refresh_handoff(now);
         self.refresh_lease(now);
-        self.refresh_liveness_events(now);
+        self.refresh_liveness_reports(now);
         self.coordinate(now);
         self.run_local(now);
         if self.intent.leaving
@@ -645,7 +657,7 @@ impl Node {
             self.intent.stop_emitted = true;
             self.refresh_dataplane(now);
             self.refresh_lease(now);
-            self.outbox.push(Event::Stopped);
+            self.outbox.push_action(Action::Stopped);
         }
         self.arm_timers();
     }

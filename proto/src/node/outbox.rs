@@ -1,12 +1,13 @@
 //! Everything that leaves the node: datagrams (with their sequence numbers
-//! and the write each waits for), messages to itself (the local queue), and
-//! events for the shell; plus the senders that fill them (heartbeats,
-//! per-link sends, broadcasts).
+//! and the write each waits for), messages to itself (the local queue),
+//! actions the shell must carry out and reports it should log; plus the
+//! senders that fill them (heartbeats, per-link sends, broadcasts).
 //!
-//! Ordering is the contract: the shell drains events before transmits, so a
-//! write or an install is handed over before any datagram that depends on
-//! it; a datagram carries the number of the write it waits for
-//! ([`Transmit::after_persist`]).
+//! Ordering is the contract, and the types carry it: an [`Action`] must be
+//! done before any later datagram leaves, so `poll_transmit` yields nothing
+//! while one waits; a datagram carries the number of the write it waits for
+//! ([`Transmit::after_persist`]). A [`Report`] is only information and
+//! orders nothing.
 
 use std::collections::VecDeque;
 
@@ -27,19 +28,27 @@ pub struct Transmit {
     pub link: usize,
     /// The datagram (at most [`wire::MAX_DATAGRAM`] bytes).
     pub bytes: Vec<u8>,
-    /// Sequence number of the [`Event::Persist`] that must be durable before
+    /// Sequence number of the [`Action::Persist`] that must be durable before
     /// this datagram may leave (0: none). Votes, proposals and commits
     /// announce state a restart must remember; heartbeats need only the
     /// first write (this incarnation), so a slow disk never delays them.
     pub after_persist: u64,
 }
 
-/// Something the shell must act on or report.
+/// Something the shell **must do**, in order, before it sends any datagram
+/// polled after it: [`Node::poll_transmit`] yields nothing while an action
+/// is waiting in [`Node::poll_action`]. This is what makes
+/// install-before-send and persist-before-send hold: a heartbeat that claims
+/// an installed epoch leaves only after the shell wrote (or reported failing
+/// to write, [`Node::install_failed`]) its `Install`, and a vote, proposal or
+/// commit leaves only after the shell was handed its `Persist` (and then,
+/// per [`Transmit::after_persist`], only once that write is durable).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
+pub enum Action {
     /// Write these slot states to the data plane atomically (one table
     /// flip). `states` has one entry per bucket, `singles` one per single
-    /// slot (data-plane index `MAX_BUCKETS + i`).
+    /// slot (data-plane index `MAX_BUCKETS + i`). On failure call
+    /// [`Node::install_failed`] before polling anything else.
     Install {
         /// Epoch of the map.
         epoch: u64,
@@ -53,6 +62,23 @@ pub enum Event {
         /// Deadline on the node's clock ([`Time`]).
         until: Time,
     },
+    /// Write these bytes durably (fsync), then report the outcome with
+    /// [`Node::persisted`]; pass them to [`Node::restore`] after a restart.
+    /// Transmits with `after_persist >= seq` wait for this write.
+    Persist {
+        /// Increasing number of this write; a later one supersedes it.
+        seq: u64,
+        /// Opaque state.
+        state: Vec<u8>,
+    },
+    /// The node has left the cluster (after `stop`); the shell may exit.
+    Stopped,
+}
+
+/// Something the shell **should log** (or count): nothing depends on when,
+/// or whether, it is read. Drained by [`Node::poll_report`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Report {
     /// A member's state changed.
     MemberState {
         /// Member id.
@@ -93,15 +119,6 @@ pub enum Event {
         /// Whether it ended by timeout rather than by the flows ending.
         timed_out: bool,
     },
-    /// Write these bytes durably (fsync), then report the outcome with
-    /// [`Node::persisted`]; pass them to [`Node::restore`] after a restart.
-    /// Transmits with `after_persist >= seq` wait for this write.
-    Persist {
-        /// Increasing number of this write; a later one supersedes it.
-        seq: u64,
-        /// Opaque state.
-        state: Vec<u8>,
-    },
     /// Our state and a peer's differ at the same epoch (a bug or a state
     /// file rolled back): we stop vouching for it and repair by snapshot.
     Divergence {
@@ -110,8 +127,6 @@ pub enum Event {
         /// The epoch at which the digests differ.
         epoch: u64,
     },
-    /// The node has left the cluster (after `stop`); the shell may exit.
-    Stopped,
 }
 
 /// The queues the shell drains, and the counters of what was sent.
@@ -123,7 +138,8 @@ pub(crate) struct Outbox {
     /// Messages to ourselves (we are one of the voters we broadcast to),
     /// handled before the input returns.
     pub(crate) local: VecDeque<(u8, Body)>,
-    events: VecDeque<Event>,
+    actions: VecDeque<Action>,
+    reports: VecDeque<Report>,
     /// Bytes sent since start.
     pub(crate) sent_bytes: u64,
     /// Datagrams sent since start.
@@ -131,37 +147,36 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    /// Queues an event for the shell.
-    pub(crate) fn push(&mut self, event: Event) {
-        self.events.push_back(event);
+    /// Queues an action for the shell (if there is one).
+    pub(crate) fn push_action(&mut self, action: impl Into<Option<Action>>) {
+        self.actions.extend(action.into());
     }
 
-    /// Queues an event if there is one.
-    pub(crate) fn push_opt(&mut self, event: Option<Event>) {
-        if let Some(e) = event {
-            self.push(e);
-        }
+    /// Queues a report for the shell (if there is one).
+    pub(crate) fn push_report(&mut self, report: impl Into<Option<Report>>) {
+        self.reports.extend(report.into());
     }
 
     /// Queues write `seq`. Only the latest matters: an unconsumed older one
     /// is dropped (its waiting transmits are released by this one's write).
     pub(crate) fn queue_persist(&mut self, seq: u64, state: Vec<u8>) {
-        self.events.retain(|e| !matches!(e, Event::Persist { .. }));
-        self.events.push_back(Event::Persist { seq, state });
+        self.actions
+            .retain(|a| !matches!(a, Action::Persist { .. }));
+        self.actions.push_back(Action::Persist { seq, state });
     }
 
     /// Whether a write is queued and not yet taken by the shell.
     pub(crate) fn persist_queued(&self) -> bool {
-        self.events
+        self.actions
             .iter()
-            .any(|e| matches!(e, Event::Persist { .. }))
+            .any(|a| matches!(a, Action::Persist { .. }))
     }
 
     /// Drops queued lease extensions (not revocations): after a failed
     /// install they must not reach a data plane holding the old map.
     pub(crate) fn drop_lease_extensions(&mut self) {
-        self.events
-            .retain(|e| !matches!(e, Event::Lease { until } if until.0 > 0));
+        self.actions
+            .retain(|a| !matches!(a, Action::Lease { until } if until.0 > 0));
     }
 
     /// Drops the datagrams queued so far.
@@ -169,13 +184,21 @@ impl Outbox {
         self.transmits.clear();
     }
 
-    /// Next event for the shell.
-    pub(crate) fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+    /// Next action for the shell.
+    pub(crate) fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
     }
 
-    /// Next datagram for the shell.
+    /// Next report for the shell.
+    pub(crate) fn poll_report(&mut self) -> Option<Report> {
+        self.reports.pop_front()
+    }
+
+    /// Next datagram for the shell, once every action before it is taken.
     pub(crate) fn poll_transmit(&mut self) -> Option<Transmit> {
+        if !self.actions.is_empty() {
+            return None;
+        }
         self.transmits.pop_front()
     }
 

@@ -15,7 +15,7 @@ use crate::time::Time;
 use crate::wire::Heartbeat;
 use xnlb_common::slot_state::{ACQUIRING, NOT_OWNED, OWNED, RELEASING};
 
-use super::outbox::Event;
+use super::outbox::{Action, Report};
 use super::Node;
 
 /// The data plane's table, handoff and lease.
@@ -60,7 +60,7 @@ impl Plane {
     }
 
     /// The table this node's data plane should hold for `state`, and the
-    /// `Install` event if it differs from the one handed over.
+    /// `Install` action if it differs from the one handed over.
     fn refresh(
         &mut self,
         now: Time,
@@ -68,7 +68,7 @@ impl Plane {
         id: u8,
         stopped: bool,
         buckets: usize,
-    ) -> Option<Event> {
+    ) -> Option<Action> {
         let participating = !stopped && state.participates(id);
         let current = self.dp.as_ref();
         let mut next = Vec::with_capacity(state.owner.len());
@@ -115,7 +115,7 @@ impl Plane {
         if newly_releasing {
             self.flows_remaining = None;
         }
-        let event = Event::Install {
+        let install = Action::Install {
             epoch: state.epoch,
             states: next[..buckets].to_vec(),
             singles: next[buckets..].to_vec(),
@@ -124,26 +124,26 @@ impl Plane {
         // Until the shell says otherwise (`install_failed`, before any
         // transmit leaves), the data plane holds this.
         self.installed = true;
-        Some(event)
+        Some(install)
     }
 
     /// Revokes the lease at once, if it is not revoked already.
-    fn revoke(&mut self) -> Option<Event> {
+    fn revoke(&mut self) -> Option<Action> {
         if self.lease_emitted == Time(0) {
             return None;
         }
         self.lease_emitted = Time(0);
-        Some(Event::Lease { until: Time(0) })
+        Some(Action::Lease { until: Time(0) })
     }
 
     /// Extends the lease to `until` if that is worth a write (more than a
     /// quarter heartbeat later than the last one).
-    fn extend(&mut self, until: Time, interval: u64) -> Option<Event> {
+    fn extend(&mut self, until: Time, interval: u64) -> Option<Action> {
         if until <= self.lease_emitted + interval / 4 {
             return None;
         }
         self.lease_emitted = until;
-        Some(Event::Lease { until })
+        Some(Action::Lease { until })
     }
 
     /// When the handoff of `epoch` times out, if it is open.
@@ -156,7 +156,7 @@ impl Plane {
 
     /// Ends the handoff of `epoch` when the releasing slots' flows are gone
     /// or `timeout` has passed since they began releasing.
-    fn handoff(&mut self, now: Time, epoch: u64, timeout: u64) -> Option<Event> {
+    fn handoff(&mut self, now: Time, epoch: u64, timeout: u64) -> Option<Report> {
         let Some(since) = self.releasing_since else {
             if self.handoff_done < epoch {
                 self.handoff_done = epoch;
@@ -172,7 +172,7 @@ impl Plane {
             return None;
         }
         self.handoff_done = epoch;
-        Some(Event::HandoffDone {
+        Some(Report::HandoffDone {
             epoch,
             timed_out: !flows_done,
         })
@@ -199,13 +199,13 @@ impl Node {
             self.intent.stopped,
             self.cfg.buckets as usize,
         );
-        self.outbox.push_opt(install);
+        self.outbox.push_action(install);
     }
 
     /// Fences this node's data plane at once.
     pub(super) fn revoke_lease(&mut self) {
         let revoke = self.plane.revoke();
-        self.outbox.push_opt(revoke);
+        self.outbox.push_action(revoke);
     }
 
     /// Extends the lease as far as a quorum of vouchers supports, or revokes
@@ -233,7 +233,7 @@ impl Node {
             return;
         };
         let extend = self.plane.extend(Time(t), self.cfg.heartbeat_interval_ns);
-        self.outbox.push_opt(extend);
+        self.outbox.push_action(extend);
     }
 
     /// Ends the handoff of our installed epoch when it is done.
@@ -243,7 +243,7 @@ impl Node {
             .drain_timeout_override
             .unwrap_or(self.cfg.drain_timeout_ns);
         let done = self.plane.handoff(now, self.state.epoch, timeout);
-        self.outbox.push_opt(done);
+        self.outbox.push_report(done);
     }
 }
 

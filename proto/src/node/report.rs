@@ -1,10 +1,10 @@
 //! What the node tells about itself: `xnlb status`, member and node states,
 //! the one-line debug dump, the config summary carried in heartbeats (and
 //! what differs when a peer's does not match), and the liveness and quorum
-//! events for the log.
+//! reports for the log.
 //!
 //! There is one mapping from a member's standing and liveness to its
-//! [`MemberState`] ([`Node::member_state`]); status rows and the events an
+//! [`MemberState`] ([`Node::member_state`]); status rows and the reports an
 //! install emits both use it, so the log and `xnlb status` never disagree.
 
 use crate::assign::Standing;
@@ -14,11 +14,11 @@ use crate::status::{self, MemberStatus, NodeState, QuorumStatus, Status};
 use crate::time::{Time, MS};
 use crate::wire::ConfigSummary;
 
-use super::outbox::Event;
+use super::outbox::Report;
 use super::plane::reports;
 use super::{Blocked, Node};
 
-/// Member state as reported in events and status (DESIGN 4).
+/// Member state as reported in [`Report::MemberState`] and status (DESIGN 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemberState {
     /// Heard recently.
@@ -156,7 +156,7 @@ impl Node {
     /// A fenced member is `Dead` whether or not we hear it: the cluster
     /// declared it failed and serves its buckets, and it must be admitted
     /// again before it counts (hearing it again is reported as `Alive`
-    /// by the liveness events, and its admission as a standing change).
+    /// by the liveness reports, and its admission as a standing change).
     pub(super) fn member_state(&self, now: Time, id: u8) -> MemberState {
         match self.state.member(id).map(|m| m.standing) {
             Some(Standing::Left) => return MemberState::Left,
@@ -255,7 +255,7 @@ impl Node {
         }
         let what = self.mismatch(theirs);
         self.peers[pi].mismatch_reported = true;
-        self.outbox.push(Event::ConfigMismatch {
+        self.outbox.push_report(Report::ConfigMismatch {
             member: self.peers[pi].id,
             what,
         });
@@ -305,13 +305,13 @@ impl Node {
         d.join("; ")
     }
 
-    /// Quorum gained or lost, and each peer's liveness change, as events.
-    pub(super) fn refresh_liveness_events(&mut self, now: Time) {
+    /// Quorum gained or lost, and each peer's liveness change, as reports.
+    pub(super) fn refresh_liveness_reports(&mut self, now: Time) {
         let has = self.has_quorum(now);
         if has != self.had_quorum {
             self.had_quorum = has;
             let votes = self.votes(now);
-            self.outbox.push(Event::Quorum {
+            self.outbox.push_report(Report::Quorum {
                 has,
                 why: format!(
                     "{votes} of {} voters reachable, {} needed",
@@ -350,7 +350,7 @@ impl Node {
                     ),
                 ),
             };
-            self.outbox.push(Event::MemberState {
+            self.outbox.push_report(Report::MemberState {
                 id: p.id,
                 state,
                 why,

@@ -54,7 +54,7 @@ pub(crate) struct Restored {
 }
 
 impl Restored {
-    /// Decodes the bytes of a [`crate::Event::Persist`], refusing (with the
+    /// Decodes the bytes of a [`crate::Action::Persist`], refusing (with the
     /// reason, for the operator) bytes that are corrupt, of another version
     /// or of another cluster layout.
     pub(crate) fn decode(

@@ -152,7 +152,7 @@ mod tests {
     #[test]
     fn a_failed_write_is_retried_an_interval_later_not_at_the_next_heartbeat() {
         use crate::config::{Config, MemberConfig, Role};
-        use crate::node::Event;
+        use crate::node::Action;
         use crate::time::MS;
         let members = (1..=3)
             .map(|id| MemberConfig {
@@ -166,8 +166,8 @@ mod tests {
         let mut node = Node::new(Config::with_defaults(1, members), start, 1).expect("valid");
         node.handle_timeout(start);
         let writes = |n: &mut Node| {
-            std::iter::from_fn(|| n.poll_event())
-                .filter(|e| matches!(e, Event::Persist { .. }))
+            std::iter::from_fn(|| n.poll_action())
+                .filter(|a| matches!(a, Action::Persist { .. }))
                 .count()
         };
         assert_eq!(writes(&mut node), 1, "the incarnation is written at start");
