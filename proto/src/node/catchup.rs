@@ -339,6 +339,11 @@ impl Node {
         {
             self.intent.failback_hold = true;
         }
+        if epoch != from + 1 {
+            // A snapshot across a gap or a repair: our table was built for
+            // epochs (or a state) the cluster left behind.
+            self.distrust_dataplane();
+        }
         self.refresh_dataplane(now);
         // Tell everyone at once: their barriers wait for our confirmation.
         self.send_heartbeats(now);

@@ -127,6 +127,30 @@ impl Plane {
         Some(install)
     }
 
+    /// Stops trusting the table handed over as a baseline: after a state was
+    /// adopted whole across a gap (a snapshot skipping epochs, or a repair),
+    /// slots that accept new flows in it may have belonged to others in the
+    /// epochs we never installed, and `limit` would let them keep accepting
+    /// before the barrier. They only keep their tracked flows (`RELEASING`)
+    /// until the barrier of the adopted epoch passes.
+    fn distrust(&mut self, epoch: u64, buckets: usize) -> Option<Action> {
+        let dp = self.dp.as_mut()?;
+        let mut demoted = false;
+        for s in dp.iter_mut().filter(|s| **s == OWNED || **s == ACQUIRING) {
+            *s = RELEASING;
+            demoted = true;
+        }
+        if !demoted {
+            return None;
+        }
+        self.flows_remaining = None;
+        Some(Action::Install {
+            epoch,
+            states: dp[..buckets].to_vec(),
+            singles: dp[buckets..].to_vec(),
+        })
+    }
+
     /// Revokes the lease at once, if it is not revoked already.
     fn revoke(&mut self) -> Option<Action> {
         if self.lease_emitted == Time(0) {
@@ -202,6 +226,14 @@ impl Node {
         self.outbox.push_action(install);
     }
 
+    /// A state was adopted across a gap: see [`Plane::distrust`].
+    pub(super) fn distrust_dataplane(&mut self) {
+        let demote = self
+            .plane
+            .distrust(self.state.epoch, self.cfg.buckets as usize);
+        self.outbox.push_action(demote);
+    }
+
     /// Fences this node's data plane at once.
     pub(super) fn revoke_lease(&mut self) {
         let revoke = self.plane.revoke();
@@ -261,4 +293,27 @@ fn limit(current: u8, desired: u8) -> u8 {
 /// Whether a peer's heartbeat says its data plane holds `(epoch, digest)`.
 pub(super) fn reports(h: &Heartbeat, epoch: u64, digest: u64) -> bool {
     h.installed && h.epoch == epoch && h.digest == digest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_adopted_across_a_gap_keeps_no_slot_accepting_new_flows() {
+        let mut plane = Plane::new();
+        plane.dp = Some(vec![OWNED, ACQUIRING, RELEASING, NOT_OWNED, OWNED]);
+        let Some(Action::Install {
+            states, singles, ..
+        }) = plane.distrust(9, 4)
+        else {
+            panic!("the demoted table must be installed");
+        };
+        assert_eq!(states, vec![RELEASING, RELEASING, RELEASING, NOT_OWNED]);
+        assert_eq!(singles, vec![RELEASING]);
+        // Without the barrier, nothing regains acceptance from there.
+        assert_eq!(limit(RELEASING, OWNED), RELEASING);
+        assert_eq!(limit(RELEASING, ACQUIRING), RELEASING);
+        assert!(plane.distrust(9, 4).is_none(), "nothing left to demote");
+    }
 }
