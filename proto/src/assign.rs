@@ -250,17 +250,6 @@ impl ClusterState {
             .filter(|m| m.role == Role::Active && m.standing == Standing::Active)
             .map(|m| (m.id, m.weight))
             .collect();
-        let failed_actives = self
-            .members
-            .iter()
-            .filter(|m| {
-                m.role == Role::Active
-                    && matches!(
-                        m.standing,
-                        Standing::Absent | Standing::Fenced | Standing::Left
-                    )
-            })
-            .count();
         let mut standbys: Vec<&MemberRec> = self
             .members
             .iter()
@@ -285,7 +274,6 @@ impl ClusterState {
             standbys
                 .iter()
                 .zip(failed.iter())
-                .take(failed_actives)
                 .map(|(s, f)| (s.id, f.weight)),
         );
         out.sort_by_key(|&(id, _)| id);

@@ -6,7 +6,7 @@
 //! live voter) sends `Prepare(E, b)`, adopts the highest-ballot value any
 //! promise reports (or its own ops if none), sends `Accept(E, b, ops)`, and on
 //! a quorum of `Accepted` broadcasts `Commit`. Acceptor state is persisted by
-//! the shell ([`crate::Event::Persist`]) before the reply leaves, so a
+//! the shell ([`crate::Action::Persist`]) before the reply leaves, so a
 //! restarted acceptor never forgets a promise: the chosen value per epoch is
 //! unique, hence every node's state at `(E, digest)` is the same.
 //!

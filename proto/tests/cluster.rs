@@ -3,7 +3,7 @@
 
 use xnlb_common::slot_state::{NOT_OWNED, OWNED};
 use xnlb_proto::wire::{self, Body};
-use xnlb_proto::{Config, Event, MemberConfig, Node, NodeState, Role, Time};
+use xnlb_proto::{Action, Config, MemberConfig, Node, NodeState, Role, Time};
 
 const MS: u64 = 1_000_000;
 
@@ -88,7 +88,7 @@ impl Cluster {
             .expect("running")
     }
 
-    /// Applies node `i`'s events as a shell would: writes and installs are
+    /// Applies node `i`'s actions as a shell would: writes and installs are
     /// reported back, failing where broken.
     fn shell(&mut self, i: usize, now: Time) {
         let Some(n) = self.nodes[i].as_mut() else {
@@ -97,17 +97,17 @@ impl Cluster {
         loop {
             let mut reports = Vec::new();
             let mut install_failed = false;
-            while let Some(e) = n.poll_event() {
+            while let Some(e) = n.poll_action() {
                 match e {
-                    Event::Install { states, .. } => {
+                    Action::Install { states, .. } => {
                         if self.install_broken[i] {
                             install_failed = true;
                         } else {
                             self.states[i] = states;
                         }
                     }
-                    Event::Lease { until } => self.leases[i] = until.0,
-                    Event::Persist { seq, state } => {
+                    Action::Lease { until } => self.leases[i] = until.0,
+                    Action::Persist { seq, state } => {
                         if !self.disk_broken[i] {
                             self.saved[i] = Some(state);
                         }
@@ -116,6 +116,7 @@ impl Cluster {
                     _ => {}
                 }
             }
+            while n.poll_report().is_some() {}
             if reports.is_empty() && !install_failed {
                 return;
             }

@@ -1,7 +1,7 @@
 //! Hostile input: random, truncated, bit-flipped, replayed and foreign
 //! datagrams are dropped and counted by reason; nothing panics.
 
-use xnlb_proto::{Config, Event, MemberConfig, Node, Role, Time};
+use xnlb_proto::{Config, MemberConfig, Node, Report, Role, Time};
 
 fn config(id: u8) -> Config {
     let members = (1..=3)
@@ -38,6 +38,7 @@ fn dropped(n: &Node, reason: &str) -> u64 {
 fn datagrams_from_2_to_1() -> Vec<Vec<u8>> {
     let mut sender = Node::new(config(2), Time(1_000), 7).expect("valid config");
     sender.handle_timeout(Time(1_000));
+    while sender.poll_action().is_some() {}
     let mut out = Vec::new();
     while let Some(t) = sender.poll_transmit() {
         if t.to == 1 {
@@ -73,7 +74,8 @@ fn random_truncated_and_bit_flipped_datagrams_never_panic_and_are_counted() {
         };
         node.handle_datagram(Time(2_000 + i), (i % 3) as usize, &bytes);
         fed += 1;
-        while node.poll_event().is_some() {}
+        while node.poll_action().is_some() {}
+        while node.poll_report().is_some() {}
         while node.poll_transmit().is_some() {}
     }
     let total: u64 = node.status(Time(0)).dropped.iter().map(|&(_, v)| v).sum();
@@ -97,6 +99,7 @@ fn datagrams_of_an_older_incarnation_are_refused_after_a_restart() {
     let old = datagrams_from_2_to_1();
     let mut restarted = Node::new(config(2), Time(5_000), 8).expect("valid config");
     restarted.handle_timeout(Time(5_000));
+    while restarted.poll_action().is_some() {}
     let new = std::iter::from_fn(|| restarted.poll_transmit())
         .find(|t| t.to == 1)
         .expect("sent");
@@ -113,18 +116,19 @@ fn a_member_with_another_config_is_refused_and_named() {
     other.fingerprint = [1; 32];
     let mut sender = Node::new(other, Time(1_000), 3).expect("valid config");
     sender.handle_timeout(Time(1_000));
+    while sender.poll_action().is_some() {}
     let t = std::iter::from_fn(|| sender.poll_transmit())
         .find(|t| t.to == 1)
         .expect("sent");
     node.handle_datagram(Time(2_000), 0, &t.bytes);
-    let events: Vec<Event> = std::iter::from_fn(|| node.poll_event()).collect();
-    let what = events.iter().find_map(|e| match e {
-        Event::ConfigMismatch { member: 2, what } => Some(what.clone()),
+    let reports: Vec<Report> = std::iter::from_fn(|| node.poll_report()).collect();
+    let what = reports.iter().find_map(|r| match r {
+        Report::ConfigMismatch { member: 2, what } => Some(what.clone()),
         _ => None,
     });
     assert!(
         what.as_deref().is_some_and(|w| w.contains("buckets 1024")),
-        "{events:?}"
+        "{reports:?}"
     );
     assert_eq!(dropped(&node, "fingerprint_mismatch"), 1);
 }

@@ -15,7 +15,7 @@ use ahash::AHashMap;
 use tokio::net::UdpSocket;
 use tracing::{debug, error, info, warn};
 use xnlb_common::{slot_state, Table, MAX_BUCKETS};
-use xnlb_proto::{Event, Node, Transmit};
+use xnlb_proto::{Action, Node, Report, Transmit};
 
 use super::failovers::Failovers;
 use super::now;
@@ -81,13 +81,17 @@ pub(super) struct Shell {
 }
 
 impl Shell {
-    /// Applies the core's events, then sends its datagrams. Events come
-    /// first (a failed install must be reported before anything leaves); a
+    /// Carries out the core's actions, logs its reports, then sends its
+    /// datagrams. Actions come first (a failed install must be reported
+    /// before anything leaves; the core yields no datagram before); a
     /// datagram that depends on a write not yet durable is held until the
     /// writer reports it.
     pub fn drive(&mut self) {
-        while let Some(ev) = self.node.poll_event() {
-            self.apply(ev);
+        while let Some(action) = self.node.poll_action() {
+            self.apply(action);
+        }
+        while let Some(report) = self.node.poll_report() {
+            self.log(report);
         }
         while let Some(t) = self.node.poll_transmit() {
             if let Some(t) = self.outbox.pass(t) {
@@ -138,26 +142,43 @@ impl Shell {
         self.drive();
     }
 
-    fn apply(&mut self, ev: Event) {
-        let t = now();
-        match ev {
-            Event::Install {
+    /// What the core says must be done, in order.
+    fn apply(&mut self, action: Action) {
+        match action {
+            Action::Install {
                 epoch,
                 states,
                 singles,
             } => self.install(epoch, &states, &singles),
-            Event::Lease { until } => {
+            Action::Lease { until } => {
                 if let Some(dp) = &mut self.dp {
                     if let Err(e) = dp.set_lease(until.0) {
                         error!("extending the lease: {e}");
                     }
                 }
             }
-            Event::MemberState { id, state, why } => {
+            Action::Persist { seq, state } => {
+                if !self.writer.write(seq, state) {
+                    error!("the state file writer is gone; fencing");
+                    self.node.persisted(now(), seq, false);
+                }
+            }
+            Action::Stopped => {
+                info!("left the cluster");
+                self.stopped = true;
+            }
+        }
+    }
+
+    /// What the core reports: the log, and failover statistics.
+    fn log(&mut self, report: Report) {
+        let t = now();
+        match report {
+            Report::MemberState { id, state, why } => {
                 info!("member {id} {}: {why}", state.as_str());
                 self.failovers.member(id, state, t, self.cfg.dead_after_ms);
             }
-            Event::Quorum { has, why } => {
+            Report::Quorum { has, why } => {
                 self.failovers.quorum(has);
                 if has {
                     info!("quorum gained: {why}");
@@ -165,14 +186,14 @@ impl Shell {
                     warn!("quorum lost, serving nothing: {why}");
                 }
             }
-            Event::Epoch { from, to, why } => {
+            Report::Epoch { from, to, why } => {
                 info!("epoch {from} -> {to}: {why}");
                 self.failovers.epoch(t);
             }
-            Event::ConfigMismatch { member, what } => {
+            Report::ConfigMismatch { member, what } => {
                 warn!("member {member} has a different configuration, refusing it: {what}");
             }
-            Event::HandoffDone { epoch, timed_out } => {
+            Report::HandoffDone { epoch, timed_out } => {
                 info!(
                     "handoff of epoch {epoch} done{}",
                     if timed_out {
@@ -182,20 +203,10 @@ impl Shell {
                     }
                 );
             }
-            Event::Persist { seq, state } => {
-                if !self.writer.write(seq, state) {
-                    error!("the state file writer is gone; fencing");
-                    self.node.persisted(now(), seq, false);
-                }
-            }
-            Event::Divergence { member, epoch } => {
+            Report::Divergence { member, epoch } => {
                 warn!(
                     "member {member} holds another map than ours at epoch {epoch}: not vouching for it; repairing from the map a quorum holds"
                 );
-            }
-            Event::Stopped => {
-                info!("left the cluster");
-                self.stopped = true;
             }
         }
     }

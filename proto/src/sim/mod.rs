@@ -24,7 +24,7 @@ pub mod net;
 
 use crate::assign::ClusterState;
 use crate::config::{Config, Failback, MemberConfig, Role};
-use crate::node::{Event, Node, Transmit};
+use crate::node::{Action as NodeAction, Node, Transmit};
 use crate::quorum;
 use crate::time::{Time, MS};
 use net::{Flight, Net, Rng};
@@ -408,18 +408,18 @@ impl World {
         }
     }
 
-    /// Drains events and transmits of node `i` after an input.
+    /// Drains actions, reports and transmits of node `i` after an input.
     fn drive(&mut self, i: usize) {
         loop {
             let ev = match self.nodes[i].node.as_mut() {
-                Some(n) => n.poll_event(),
+                Some(n) => n.poll_action(),
                 None => None,
             };
             let Some(ev) = ev else { break };
             if self.trace {
                 match &ev {
-                    Event::Persist { .. } => {}
-                    Event::Install { states, singles, epoch } => println!(
+                    NodeAction::Persist { .. } => {}
+                    NodeAction::Install { states, singles, epoch } => println!(
                         "{:>9.3} n{} Install epoch {epoch} owned {} releasing {} acquiring {} singles {:?}",
                         self.now as f64 / 1e6,
                         i + 1,
@@ -428,7 +428,7 @@ impl World {
                         states.iter().filter(|&&s| s == ACQUIRING).count(),
                         singles
                     ),
-                    Event::Lease { until } => {
+                    NodeAction::Lease { until } => {
                         if self.trace_lease {
                             println!("{:>9.3} n{} Lease {}", self.now as f64 / 1e6, i + 1, until.0 as i128 - self.local(i, self.now) as i128)
                         }
@@ -437,7 +437,7 @@ impl World {
                 }
             }
             match ev {
-                Event::Install {
+                NodeAction::Install {
                     states, singles, ..
                 } => {
                     let sn = &mut self.nodes[i];
@@ -452,7 +452,7 @@ impl World {
                     }
                     check::s1_node(self, i);
                 }
-                Event::Lease { until } => {
+                NodeAction::Lease { until } => {
                     let local = self.local(i, self.now);
                     let was_valid = self.nodes[i].lease > local;
                     self.nodes[i].lease = until.0;
@@ -463,7 +463,7 @@ impl World {
                         }
                     }
                 }
-                Event::Persist { seq, state } => {
+                NodeAction::Persist { seq, state } => {
                     let sn = &mut self.nodes[i];
                     if sn.writing.is_none() {
                         let done = self.now + self.rng.range(0, 4 * MS);
@@ -472,13 +472,17 @@ impl World {
                         sn.queued_write = Some((seq, state));
                     }
                 }
-                Event::Stopped => {
+                NodeAction::Stopped => {
                     self.nodes[i].node = None;
                     self.nodes[i].stopped = true;
                     self.nodes[i].wake = None;
                     return;
                 }
-                _ => {}
+            }
+        }
+        while let Some(report) = self.nodes[i].node.as_mut().and_then(|n| n.poll_report()) {
+            if self.trace {
+                println!("{:>9.3} n{} {report:?}", self.now as f64 / 1e6, i + 1);
             }
         }
         loop {

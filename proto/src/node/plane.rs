@@ -1,0 +1,319 @@
+//! This node's data plane as the core sees it: the table last handed to the
+//! shell, the barrier that lets slots gain acceptance of new flows, the
+//! handoff of releasing slots, the lease word, and whether the data plane
+//! actually holds our map.
+//!
+//! The data-plane rule (S1, S6) is enforced here: until every participating
+//! member has confirmed our `(epoch, digest)` (the barrier), a slot may only
+//! lose acceptance of new flows ([`limit`]); the lease is extended only while
+//! this node serves and a quorum of vouchers supports it ([`crate::quorum`]).
+
+use crate::assign::ClusterState;
+use crate::config::Role;
+use crate::quorum;
+use crate::time::Time;
+use crate::wire::Heartbeat;
+use xnlb_common::slot_state::{ACQUIRING, NOT_OWNED, OWNED, RELEASING};
+
+use super::outbox::{Action, Report};
+use super::Node;
+
+/// The data plane's table, handoff and lease.
+pub(crate) struct Plane {
+    /// Slot states last handed to the shell (buckets then singles).
+    dp: Option<Vec<u8>>,
+    /// Every participating member confirmed our installed epoch.
+    pub(crate) barrier_passed: bool,
+    /// Since when some slot is `RELEASING`.
+    pub(crate) releasing_since: Option<Time>,
+    /// Tracked connections the data plane still has in releasing slots
+    /// (unknown until it reports after the release began).
+    pub(crate) flows_remaining: Option<u64>,
+    /// Highest epoch whose handoff this node finished.
+    pub(crate) handoff_done: u64,
+    /// The data plane holds our installed state (false after a failed
+    /// install, until a retry succeeds).
+    pub(crate) installed: bool,
+    /// Last lease deadline handed to the shell (`Time(0)`: revoked).
+    pub(crate) lease_emitted: Time,
+}
+
+impl Plane {
+    /// Nothing installed yet; the shell's data plane holds no lease.
+    pub(crate) fn new() -> Plane {
+        Plane {
+            dp: None,
+            barrier_passed: false,
+            releasing_since: None,
+            flows_remaining: None,
+            handoff_done: 0,
+            installed: true,
+            lease_emitted: Time(0),
+        }
+    }
+
+    /// Forgets the table handed over, so the next refresh installs it again
+    /// (after a failed install).
+    pub(crate) fn forget_install(&mut self) {
+        self.dp = None;
+        self.installed = true;
+    }
+
+    /// The table this node's data plane should hold for `state`, and the
+    /// `Install` action if it differs from the one handed over.
+    fn refresh(
+        &mut self,
+        now: Time,
+        state: &ClusterState,
+        id: u8,
+        stopped: bool,
+        buckets: usize,
+    ) -> Option<Action> {
+        let participating = !stopped && state.participates(id);
+        let current = self.dp.as_ref();
+        let mut next = Vec::with_capacity(state.owner.len());
+        for s in 0..state.owner.len() {
+            let desired = if !participating {
+                if state.prev[s] == id && !stopped {
+                    RELEASING
+                } else {
+                    NOT_OWNED
+                }
+            } else if state.owner[s] == id {
+                if state.prev[s] != 0 {
+                    ACQUIRING
+                } else {
+                    OWNED
+                }
+            } else if state.prev[s] == id {
+                RELEASING
+            } else {
+                NOT_OWNED
+            };
+            let cur = current.map_or(NOT_OWNED, |c| c[s]);
+            next.push(if self.barrier_passed {
+                desired
+            } else {
+                limit(cur, desired)
+            });
+        }
+        let releasing = next.contains(&RELEASING);
+        if releasing && self.releasing_since.is_none() {
+            self.releasing_since = Some(now);
+        }
+        if !releasing {
+            self.releasing_since = None;
+        }
+        if current == Some(&next) {
+            return None;
+        }
+        let newly_releasing = next
+            .iter()
+            .zip(current.map_or(&[][..], |c| &c[..]))
+            .any(|(n, c)| *n == RELEASING && *c != RELEASING)
+            || (current.is_none() && releasing);
+        if newly_releasing {
+            self.flows_remaining = None;
+        }
+        let install = Action::Install {
+            epoch: state.epoch,
+            states: next[..buckets].to_vec(),
+            singles: next[buckets..].to_vec(),
+        };
+        self.dp = Some(next);
+        // Until the shell says otherwise (`install_failed`, before any
+        // transmit leaves), the data plane holds this.
+        self.installed = true;
+        Some(install)
+    }
+
+    /// Stops trusting the table handed over as a baseline: after a state was
+    /// adopted whole across a gap (a snapshot skipping epochs, or a repair),
+    /// slots that accept new flows in it may have belonged to others in the
+    /// epochs we never installed, and `limit` would let them keep accepting
+    /// before the barrier. They only keep their tracked flows (`RELEASING`)
+    /// until the barrier of the adopted epoch passes.
+    fn distrust(&mut self, epoch: u64, buckets: usize) -> Option<Action> {
+        let dp = self.dp.as_mut()?;
+        let mut demoted = false;
+        for s in dp.iter_mut().filter(|s| **s == OWNED || **s == ACQUIRING) {
+            *s = RELEASING;
+            demoted = true;
+        }
+        if !demoted {
+            return None;
+        }
+        self.flows_remaining = None;
+        Some(Action::Install {
+            epoch,
+            states: dp[..buckets].to_vec(),
+            singles: dp[buckets..].to_vec(),
+        })
+    }
+
+    /// Revokes the lease at once, if it is not revoked already.
+    fn revoke(&mut self) -> Option<Action> {
+        if self.lease_emitted == Time(0) {
+            return None;
+        }
+        self.lease_emitted = Time(0);
+        Some(Action::Lease { until: Time(0) })
+    }
+
+    /// Extends the lease to `until` if that is worth a write (more than a
+    /// quarter heartbeat later than the last one).
+    fn extend(&mut self, until: Time, interval: u64) -> Option<Action> {
+        if until <= self.lease_emitted + interval / 4 {
+            return None;
+        }
+        self.lease_emitted = until;
+        Some(Action::Lease { until })
+    }
+
+    /// When the handoff of `epoch` times out, if it is open.
+    pub(crate) fn handoff_deadline(&self, epoch: u64, timeout: u64) -> Option<Time> {
+        if self.handoff_done >= epoch {
+            return None;
+        }
+        self.releasing_since.map(|since| since + timeout)
+    }
+
+    /// Ends the handoff of `epoch` when the releasing slots' flows are gone
+    /// or `timeout` has passed since they began releasing.
+    fn handoff(&mut self, now: Time, epoch: u64, timeout: u64) -> Option<Report> {
+        let Some(since) = self.releasing_since else {
+            if self.handoff_done < epoch {
+                self.handoff_done = epoch;
+            }
+            return None;
+        };
+        if self.handoff_done >= epoch {
+            return None;
+        }
+        let flows_done = self.flows_remaining == Some(0);
+        let timed_out = now.since(since) >= timeout;
+        if !flows_done && !timed_out {
+            return None;
+        }
+        self.handoff_done = epoch;
+        Some(Report::HandoffDone {
+            epoch,
+            timed_out: !flows_done,
+        })
+    }
+}
+
+impl Node {
+    /// Whether every participating member (witnesses aside: they have no
+    /// data plane) has confirmed our (epoch, digest).
+    pub(super) fn barrier(&self) -> bool {
+        self.confirmed_by_all(|m| m.role != Role::Witness)
+    }
+
+    /// Hands the shell the table our installed state asks for, limited by
+    /// the barrier.
+    pub(super) fn refresh_dataplane(&mut self, now: Time) {
+        if !self.plane.barrier_passed && self.barrier() {
+            self.plane.barrier_passed = true;
+        }
+        let install = self.plane.refresh(
+            now,
+            &self.state,
+            self.cfg.self_id,
+            self.intent.stopped,
+            self.cfg.buckets as usize,
+        );
+        self.outbox.push_action(install);
+    }
+
+    /// A state was adopted across a gap: see [`Plane::distrust`].
+    pub(super) fn distrust_dataplane(&mut self) {
+        let demote = self
+            .plane
+            .distrust(self.state.epoch, self.cfg.buckets as usize);
+        self.outbox.push_action(demote);
+    }
+
+    /// Fences this node's data plane at once.
+    pub(super) fn revoke_lease(&mut self) {
+        let revoke = self.plane.revoke();
+        self.outbox.push_action(revoke);
+    }
+
+    /// Extends the lease as far as a quorum of vouchers supports, or revokes
+    /// it if this node may not serve.
+    pub(super) fn refresh_lease(&mut self, now: Time) {
+        let me = self.cfg.self_id;
+        let serving = !self.intent.stopped
+            && self.blocked().is_none()
+            && self.state.participates(me)
+            && self.state.epoch >= self.acceptor.paxos.floor(me);
+        if !serving {
+            self.revoke_lease();
+            return;
+        }
+        // Each voter supports the end its own promise allows; ours is sized
+        // by our own timers only because we revoke before voting to fence
+        // ourselves (see `quorum`).
+        let mut ends = vec![quorum::voucher_end(now.0, self.cfg.dead_after_ns)];
+        ends.extend(
+            self.peers
+                .iter()
+                .map(|p| quorum::voucher_end(p.echo_of_ours, p.echo_horizon)),
+        );
+        let Some(t) = quorum::lease_end(ends, quorum::needed(self.voters)) else {
+            return;
+        };
+        let extend = self.plane.extend(Time(t), self.cfg.heartbeat_interval_ns);
+        self.outbox.push_action(extend);
+    }
+
+    /// Ends the handoff of our installed epoch when it is done.
+    pub(super) fn refresh_handoff(&mut self, now: Time) {
+        let timeout = self
+            .intent
+            .drain_timeout_override
+            .unwrap_or(self.cfg.drain_timeout_ns);
+        let done = self.plane.handoff(now, self.state.epoch, timeout);
+        self.outbox.push_report(done);
+    }
+}
+
+/// Never gain acceptance of new flows without the barrier.
+fn limit(current: u8, desired: u8) -> u8 {
+    let accepts_new = |s: u8| s == OWNED || s == ACQUIRING;
+    match (current, desired) {
+        (OWNED, ACQUIRING) => ACQUIRING,
+        (c, d) if accepts_new(d) && !accepts_new(c) => c,
+        (ACQUIRING, OWNED) => ACQUIRING,
+        (_, d) => d,
+    }
+}
+
+/// Whether a peer's heartbeat says its data plane holds `(epoch, digest)`.
+pub(super) fn reports(h: &Heartbeat, epoch: u64, digest: u64) -> bool {
+    h.installed && h.epoch == epoch && h.digest == digest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_adopted_across_a_gap_keeps_no_slot_accepting_new_flows() {
+        let mut plane = Plane::new();
+        plane.dp = Some(vec![OWNED, ACQUIRING, RELEASING, NOT_OWNED, OWNED]);
+        let Some(Action::Install {
+            states, singles, ..
+        }) = plane.distrust(9, 4)
+        else {
+            panic!("the demoted table must be installed");
+        };
+        assert_eq!(states, vec![RELEASING, RELEASING, RELEASING, NOT_OWNED]);
+        assert_eq!(singles, vec![RELEASING]);
+        // Without the barrier, nothing regains acceptance from there.
+        assert_eq!(limit(RELEASING, OWNED), RELEASING);
+        assert_eq!(limit(RELEASING, ACQUIRING), RELEASING);
+        assert!(plane.distrust(9, 4).is_none(), "nothing left to demote");
+    }
+}
