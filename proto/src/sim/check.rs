@@ -206,15 +206,106 @@ pub fn clean_crash(w: &mut World) -> Result<Option<u64>, String> {
     let deadline = w.now + 5000 * MS;
     w.converge(deadline, &[victim])?;
     let after = w.some_state(&[victim]).ok_or("no state")?;
+    s5_after_crash(&before, &after, victim as u8 + 1, buckets)?;
+    Ok(Some(failover))
+}
+
+/// S5 after member `gone` crashed: only its buckets move. With unequal
+/// weights the balance bound (S4: every member within one bucket of its
+/// share) can need more buckets than the departed one freed (shares grow
+/// by different amounts, and several survivors' floors rise past their
+/// counts); then, and only then, a survivor above its new range hands the
+/// missing ones over, at most one bucket each.
+fn s5_after_crash(
+    before: &crate::assign::ClusterState,
+    after: &crate::assign::ClusterState,
+    gone: u8,
+    buckets: usize,
+) -> Result<(), String> {
+    // The least the survivors must gain to reach the floor of their new
+    // weight share; what the departed member freed covers part of it.
+    let freed = before.buckets_of(gone);
+    let serving: Vec<(u8, u64)> = after
+        .members
+        .iter()
+        .filter(|m| m.id != gone && after.buckets_of(m.id) > 0)
+        .map(|m| (m.id, m.weight as u64))
+        .collect();
+    let total: u64 = serving.iter().map(|&(_, w)| w).sum::<u64>().max(1);
+    let needed: usize = serving
+        .iter()
+        .map(|&(id, w)| {
+            let floor = (buckets as u64 * w / total) as usize;
+            floor.saturating_sub(before.buckets_of(id))
+        })
+        .sum();
+    let forced = needed.saturating_sub(freed);
+    let mut lost: std::collections::BTreeMap<u8, usize> = Default::default();
     for b in 0..buckets {
-        if before.owner[b] != after.owner[b] && before.owner[b] != victim as u8 + 1 {
-            return Err(format!(
-                "S5 violated: bucket {b} moved from surviving {} to {} when {} crashed",
-                before.owner[b],
-                after.owner[b],
-                victim + 1
-            ));
+        if before.owner[b] != after.owner[b] && before.owner[b] != gone && before.owner[b] != 0 {
+            *lost.entry(before.owner[b]).or_default() += 1;
         }
     }
-    Ok(Some(failover))
+    let moved: usize = lost.values().sum();
+    if moved > forced || lost.values().any(|&n| n > 1) {
+        let (b, from, to) = (0..buckets)
+            .find(|&b| {
+                before.owner[b] != after.owner[b] && before.owner[b] != gone && before.owner[b] != 0
+            })
+            .map(|b| (b, before.owner[b], after.owner[b]))
+            .unwrap_or_default();
+        return Err(format!(
+            "S5 violated: bucket {b} moved from surviving {from} to {to} when {gone} crashed ({moved} moved between survivors, {forced} forced by balance)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::s5_after_crash;
+    use crate::assign::{ClusterState, MemberRec, Standing};
+    use crate::config::Role;
+
+    fn state(owner: &[u8], weights: &[u32]) -> ClusterState {
+        ClusterState {
+            epoch: 1,
+            members: weights
+                .iter()
+                .enumerate()
+                .map(|(i, &weight)| MemberRec {
+                    id: i as u8 + 1,
+                    role: Role::Active,
+                    standing: Standing::Active,
+                    incarnation: 1,
+                    weight,
+                    rebalance_seen: 0,
+                    ever_joined: true,
+                })
+                .collect(),
+            buckets: owner.len() as u32,
+            owner: owner.to_vec(),
+            prev: vec![0; owner.len()],
+            priorities: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn s5_allows_only_the_moves_balance_forces() {
+        // Equal weights: member 3's buckets go to 1 and 2, nothing else moves.
+        let before = state(&[1, 1, 2, 2, 3, 3], &[1, 1, 1]);
+        let after = state(&[1, 1, 2, 2, 1, 2], &[1, 1, 1]);
+        assert!(s5_after_crash(&before, &after, 3, 6).is_ok());
+        // The same failure, but a survivor's bucket moved too: refused.
+        let needless = state(&[1, 2, 2, 2, 1, 1], &[1, 1, 1]);
+        assert!(s5_after_crash(&before, &needless, 3, 6).is_err());
+        // Weights 3:1:1 over 5 buckets, member 2 (one bucket) fails: member
+        // 1's floor rises from 3 to 3 (5*3/4), member 3's from 1 to 1; the
+        // one freed bucket covers it and nothing else may move.
+        let before = state(&[1, 1, 1, 2, 3], &[3, 1, 1]);
+        let forced_none = state(&[1, 1, 1, 3, 3], &[3, 1, 1]);
+        assert!(s5_after_crash(&before, &forced_none, 2, 5).is_ok());
+        let stolen = state(&[1, 1, 3, 1, 3], &[3, 1, 1]);
+        assert!(s5_after_crash(&before, &stolen, 2, 5).is_err());
+    }
 }
