@@ -155,25 +155,26 @@ fn dump(
     }
 }
 
-/// The data-plane slots (`Table::state` indices) that `conns` fall in,
-/// computed exactly as the XDP program classifies their packets.
+/// The data-plane slot (`Table::state` index) a connection falls in,
+/// computed exactly as the XDP program classifies its packets; `None` if
+/// its address is no VIP of `table`.
+pub fn slot_of(table: &Table, c: &HeldConn) -> Option<usize> {
+    classify(
+        table,
+        &FlowSpec {
+            vip: c.vip,
+            client: c.client,
+            proto: ipproto::TCP,
+            client_port: c.client_port,
+            vip_port: c.vip_port,
+        },
+    )
+    .map(|c| c.slot)
+}
+
+/// The slots that `conns` fall in.
 pub fn slots_of(table: &Table, conns: &[HeldConn]) -> BTreeSet<usize> {
-    conns
-        .iter()
-        .filter_map(|c| {
-            classify(
-                table,
-                &FlowSpec {
-                    vip: c.vip,
-                    client: c.client,
-                    proto: ipproto::TCP,
-                    client_port: c.client_port,
-                    vip_port: c.vip_port,
-                },
-            )
-        })
-        .map(|c| c.slot)
-        .collect()
+    conns.iter().filter_map(|c| slot_of(table, c)).collect()
 }
 
 #[cfg(test)]

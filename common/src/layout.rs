@@ -19,8 +19,6 @@ pub mod map_name {
     pub const CTRL: &str = "XNLB_CTRL";
     /// Per-CPU [`super::Counters`].
     pub const STATS: &str = "XNLB_STATS";
-    /// LRU of TCP connections this node accepted ([`super::FlowKey`]).
-    pub const FLOWS: &str = "XNLB_FLOWS";
     /// LRU of first fragments this node accepted ([`super::FragKey`]).
     pub const FRAGS: &str = "XNLB_FRAGS";
 }
@@ -62,8 +60,6 @@ pub const MAX_RULES: usize = 16;
 pub const MAX_VLAN_DEPTH: usize = 2;
 /// IPv6 extension headers walked before a packet is declared malformed.
 pub const MAX_IPV6_EXT: usize = 6;
-/// Tracked TCP connections per node.
-pub const FLOW_TABLE_ENTRIES: u32 = 131_072;
 /// Tracked fragmented datagrams per node.
 pub const FRAG_TABLE_ENTRIES: u32 = 16_384;
 
@@ -353,8 +349,9 @@ pub mod counter {
     pub const ARP_REPLIES: usize = 7;
     /// Neighbour solicitations for a VIP answered with the cluster MAC.
     pub const ND_REPLIES: usize = 8;
-    /// Accepted because the flow is tracked while its bucket is handed off.
-    pub const PASSED_TRACKED: usize = 9;
+    /// TCP accepted in a bucket being handed over because this node's
+    /// kernel holds the connection's socket.
+    pub const PASSED_HELD: usize = 9;
     /// Non-first fragments accepted because we took the first.
     pub const PASSED_FRAGMENT: usize = 10;
     /// ICMP errors delivered to the owner of the quoted flow.
@@ -372,50 +369,10 @@ pub mod counter {
         "non_vip",
         "arp_replies",
         "nd_replies",
-        "passed_tracked",
+        "passed_held",
         "passed_fragment",
         "passed_icmp_error",
     ];
-}
-
-/// A TCP connection as seen from the VIP side (key of `XNLB_FLOWS`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    /// Client address, as [`addr_words`].
-    pub client: [u32; 4],
-    /// VIP address, as [`addr_words`].
-    pub vip: [u32; 4],
-    /// Client port, wire byte order.
-    pub client_port: u16,
-    /// VIP port, wire byte order.
-    pub vip_port: u16,
-    /// IP protocol.
-    pub proto: u8,
-    /// Explicit padding (always zero: part of the hashed key). Scalars, not
-    /// a `[u8; 3]`: LLVM turns a 3-byte array initialisation into an
-    /// out-of-line `memset` call, a byte loop in BPF, on every packet.
-    pub _pad: u8,
-    /// Explicit padding (always zero).
-    pub _pad2: u16,
-}
-
-/// What a node remembers about a connection it accepted.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowValue {
-    /// Last packet accepted through tracking (ktime ns); set at SYN.
-    pub last_seen_ns: u64,
-    /// Bucket or single-slot index the flow hashed to.
-    pub slot: u32,
-    /// [`flow_flag`] bits.
-    pub flags: u32,
-}
-
-/// Bits of [`FlowValue::flags`].
-pub mod flow_flag {
-    /// The client sent FIN or RST: the connection is ending.
-    pub const CLOSING: u32 = 1;
 }
 
 /// A fragmented datagram (key of `XNLB_FRAGS`).
@@ -430,8 +387,9 @@ pub struct FragKey {
     pub id: u32,
     /// IP protocol.
     pub proto: u8,
-    /// Explicit padding (always zero; scalars for the reason given on
-    /// [`FlowKey`]).
+    /// Explicit padding (always zero: part of the hashed key). Scalars,
+    /// not a `[u8; 3]`: LLVM turns a 3-byte array initialisation into an
+    /// out-of-line `memset` call, a byte loop in BPF, on every packet.
     pub _pad: u8,
     /// Explicit padding (always zero).
     pub _pad2: u16,
@@ -476,8 +434,6 @@ mod pod {
     // valid and none has uninitialised bytes.
     unsafe impl aya::Pod for super::Table {}
     unsafe impl aya::Pod for super::Counters {}
-    unsafe impl aya::Pod for super::FlowKey {}
-    unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::FragKey {}
 }
 
@@ -507,9 +463,7 @@ mod tests {
         assert_eq!(size_of::<Vip>(), 24 + 12 * MAX_RULES);
         let b = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
         assert_eq!(addr_bytes(&addr_words(&b)), b);
-        assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FragKey>(), 40);
-        assert_eq!(size_of::<FlowValue>(), 16);
         assert_eq!(
             size_of::<Table>(),
             24 + size_of::<Vip>() * MAX_VIPS + MAX_SLOTS

@@ -39,8 +39,7 @@ use aya_ebpf::{
 use core::cell::Cell;
 
 use xnlb_common::{
-    ctrl, ethertype, ipproto, Counters, FlowKey, FlowValue, FragKey, Table, FLOW_TABLE_ENTRIES,
-    FRAG_TABLE_ENTRIES,
+    ctrl, ethertype, ipproto, Counters, FragKey, Table, FRAG_TABLE_ENTRIES,
 };
 
 /// Two tables; `XNLB_CTRL[ACTIVE]` names the live one.
@@ -52,9 +51,6 @@ static XNLB_CTRL: Array<u64> = Array::pinned(ctrl::COUNT, 0);
 /// Per-CPU counters by verdict.
 #[map]
 static XNLB_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(1, 0);
-/// TCP connections this node accepted, for connection-preserving handoff.
-#[map]
-static XNLB_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(FLOW_TABLE_ENTRIES, 0);
 /// First fragments this node accepted; later fragments follow them.
 #[map]
 static XNLB_FRAGS: LruHashMap<FragKey, u64> = LruHashMap::pinned(FRAG_TABLE_ENTRIES, 0);

@@ -9,11 +9,13 @@
 
 use aya_ebpf::programs::XdpContext;
 
-/// The frame being processed: `[start, end)`.
+/// The frame being processed: `[start, end)`, and the program context
+/// (the kernel's socket lookup needs it).
 #[derive(Clone, Copy)]
 pub struct Frame {
     pub start: usize,
     pub end: usize,
+    pub ctx: *mut core::ffi::c_void,
 }
 
 /// `N` bytes of the frame known to be in bounds.
@@ -28,6 +30,7 @@ impl Frame {
         Frame {
             start: ctx.data(),
             end: ctx.data_end(),
+            ctx: ctx.ctx as *mut core::ffi::c_void,
         }
     }
 

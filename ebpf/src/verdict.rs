@@ -2,119 +2,117 @@
 //!
 //! The four states implement break-before-make handoff with connection
 //! preservation (DESIGN S1, S6). Every node sees every packet, so the old
-//! and the new owner of a slot decide on the same packet independently:
+//! and the new owner of a slot decide on the same packet independently,
+//! and the kernel's own socket table says which of them holds a connection:
 //!
-//! | packet            | OWNED   | RELEASING       | ACQUIRING       | NOT_OWNED |
-//! |-------------------|---------|-----------------|-----------------|-----------|
-//! | TCP SYN (new)     | accept, track | drop, forget | accept, track | drop |
-//! | TCP, tracked      | accept  | accept          | accept          | drop      |
-//! | TCP, not tracked  | accept  | drop            | drop            | drop      |
-//! | UDP, ICMP, other  | accept  | drop            | accept          | drop      |
+//! | packet              | OWNED  | RELEASING        | ACQUIRING        | NOT_OWNED |
+//! |---------------------|--------|------------------|------------------|-----------|
+//! | TCP SYN (new)       | accept | drop             | accept           | drop      |
+//! | TCP, socket here    | accept | accept           | accept           | drop      |
+//! | TCP, no socket here | accept | drop             | drop             | drop      |
+//! | UDP, ICMP, other    | accept | drop             | accept           | drop      |
 //!
+//! "Socket here" is `bpf_skc_lookup_tcp` in this node's network namespace:
+//! a socket in a state that carries the connection (a request socket from
+//! the handshake, established, or closing; not a listener, not TIME_WAIT).
 //! With the old owner RELEASING and the new one ACQUIRING, a new flow is
 //! accepted only by the new owner and an established one only by the node
-//! that tracks it. UDP has no connection to preserve, so it moves at once.
+//! whose kernel holds it. The kernel validates sequence numbers and forgets
+//! a connection that ended (FIN, RST, timeout), so a spoofed packet cannot
+//! end a connection's preservation, no table evicts long-lived connections
+//! under churn, and a handoff ends when the old owner holds no socket.
+//! OWNED and NOT_OWNED, the steady state, never look anything up. UDP has
+//! no connection to preserve, so it moves at once.
 
-use xnlb_common::{flow_flag, ipproto, slot_state, FlowKey, FlowValue};
+use aya_ebpf::bindings::{bpf_sock_tuple, BPF_F_CURRENT_NETNS};
+use aya_ebpf::helpers::{bpf_sk_release, bpf_skc_lookup_tcp};
+use xnlb_common::{family, ipproto, slot_state};
 
-use crate::clock::now;
 use crate::l4::Flow;
-use crate::XNLB_FLOWS;
+use crate::packet::Frame;
 
-const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
+
+/// TCP states (`include/net/tcp_states.h`) whose socket carries a
+/// connection this node must keep serving: ESTABLISHED 1, SYN_RECV 3,
+/// FIN_WAIT1 4, FIN_WAIT2 5, CLOSE_WAIT 8, LAST_ACK 9, CLOSING 11,
+/// NEW_SYN_RECV 12 (a request socket: the handshake's last ACK). Not
+/// LISTEN (10): every node listens. Not TIME_WAIT (6) or CLOSE (7): the
+/// connection is over, and its 4-tuple may be reused at the new owner.
+const HELD_STATES: u32 =
+    (1 << 1) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11) | (1 << 12);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Drop,
     Pass,
-    /// Accepted only because this node tracks the connection.
-    PassTracked,
+    /// Accepted because this node's kernel holds the connection (in a slot
+    /// being handed over).
+    PassHeld,
 }
 
+/// Whether this node's kernel holds a socket for `flow` (client to VIP) in
+/// a state that carries the connection.
 #[inline(always)]
-fn key(flow: &Flow) -> FlowKey {
-    FlowKey {
-        client: flow.client,
-        vip: flow.vip,
-        client_port: (flow.ports & 0xffff) as u16,
-        vip_port: (flow.ports >> 16) as u16,
-        proto: flow.proto,
-        _pad: 0,
-        _pad2: 0,
-    }
-}
-
-#[inline(always)]
-fn track(flow: &Flow, slot: u32) {
-    let v = FlowValue {
-        last_seen_ns: now(),
-        slot,
-        flags: 0,
+fn held_here(f: &Frame, flow: &Flow, fam: u8) -> bool {
+    // SAFETY: an all-zero tuple is a valid value of this plain C union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let sport = (flow.ports & 0xffff) as u16;
+    let dport = (flow.ports >> 16) as u16;
+    // (Writing a union field is safe; only reading one is not.)
+    let size = if fam == family::V4 {
+        tuple.__bindgen_anon_1.ipv4.saddr = flow.client[0];
+        tuple.__bindgen_anon_1.ipv4.daddr = flow.vip[0];
+        tuple.__bindgen_anon_1.ipv4.sport = sport;
+        tuple.__bindgen_anon_1.ipv4.dport = dport;
+        12u32
+    } else {
+        tuple.__bindgen_anon_1.ipv6.saddr = flow.client;
+        tuple.__bindgen_anon_1.ipv6.daddr = flow.vip;
+        tuple.__bindgen_anon_1.ipv6.sport = sport;
+        tuple.__bindgen_anon_1.ipv6.dport = dport;
+        36u32
     };
-    // A full LRU evicts the oldest entry; failing to track only means the
-    // connection is not preserved across a handoff.
-    let _ = XNLB_FLOWS.insert(&key(flow), &v, 0);
-}
-
-/// Accept a tracked connection's packet, refreshing its entry.
-#[inline(always)]
-fn tracked(flow: &Flow) -> bool {
-    match XNLB_FLOWS.get_ptr_mut(&key(flow)) {
-        Some(v) => {
-            // SAFETY: pointer into the map value, valid for this run.
-            unsafe {
-                (*v).last_seen_ns = now();
-                if flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-                    (*v).flags |= flow_flag::CLOSING;
-                }
-            }
-            true
+    // SAFETY: the helper takes the program context, a tuple of `size`
+    // bytes on our stack, the current namespace and no flags; a non-null
+    // result is a referenced socket we release before returning.
+    unsafe {
+        let sk = bpf_skc_lookup_tcp(
+            f.ctx,
+            &mut tuple,
+            size,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        );
+        if sk.is_null() {
+            return false;
         }
-        None => false,
+        let state = (*sk).state;
+        bpf_sk_release(sk as *mut core::ffi::c_void);
+        state < 32 && HELD_STATES & (1 << state) != 0
     }
 }
 
 /// The verdict for `flow` in a slot this node holds in `state`.
 #[inline(always)]
-pub fn decide(state: u8, flow: &Flow, slot: u32) -> Decision {
+pub fn decide(f: &Frame, state: u8, flow: &Flow, fam: u8) -> Decision {
     let tcp = flow.proto == ipproto::TCP;
     let syn = tcp && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     match state {
-        slot_state::OWNED => {
-            if syn {
-                track(flow, slot);
-            } else if tcp && flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-                // Once per connection, not per packet: a connection that
-                // ended must not hold up a later handoff of this bucket.
-                tracked(flow);
-            }
-            Decision::Pass
-        }
+        slot_state::OWNED => Decision::Pass,
         slot_state::RELEASING => {
-            if !tcp {
-                Decision::Drop
-            } else if syn {
-                // The client reused the 4-tuple: the old connection is gone,
-                // and the new one belongs to the acquiring node.
-                let _ = XNLB_FLOWS.remove(&key(flow));
-                Decision::Drop
-            } else if tracked(flow) {
-                Decision::PassTracked
+            if tcp && !syn && held_here(f, flow, fam) {
+                Decision::PassHeld
             } else {
                 Decision::Drop
             }
         }
         slot_state::ACQUIRING => {
-            if !tcp {
+            if !tcp || syn {
                 Decision::Pass
-            } else if syn {
-                track(flow, slot);
-                Decision::Pass
-            } else if tracked(flow) {
-                Decision::PassTracked
+            } else if held_here(f, flow, fam) {
+                Decision::PassHeld
             } else {
                 Decision::Drop
             }

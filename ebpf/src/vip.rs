@@ -137,7 +137,7 @@ impl VipPacket {
         if state != slot_state::NOT_OWNED && !lease_valid() {
             return stats.fenced();
         }
-        match verdict::decide(state, &flow, slot as u32) {
+        match verdict::decide(f, state, &flow, self.family) {
             Decision::Drop => {
                 stats.bump(counter::DROPPED_NOT_OWNER);
                 XDP_DROP
@@ -147,8 +147,8 @@ impl VipPacket {
                     // Failure only loses the later fragments.
                     let _ = XNLB_FRAGS.insert(&frag_key, &frag::pack(slot, now()), 0);
                 }
-                if d == Decision::PassTracked {
-                    stats.bump(counter::PASSED_TRACKED);
+                if d == Decision::PassHeld {
+                    stats.bump(counter::PASSED_HELD);
                 }
                 if flow.icmp_error {
                     stats.bump(counter::PASSED_ICMP_ERROR);

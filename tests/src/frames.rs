@@ -19,6 +19,8 @@ pub const SYN: u8 = 0x02;
 pub const ACK: u8 = 0x10;
 /// TCP FIN flag.
 pub const FIN: u8 = 0x01;
+/// TCP RST flag.
+pub const RST: u8 = 0x04;
 
 /// The layer-4 part of a test packet.
 #[derive(Clone, Debug)]

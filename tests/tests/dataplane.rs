@@ -1,12 +1,14 @@
 //! Every parse path of the XDP program through `BPF_PROG_TEST_RUN`, with
 //! frames built by pnet: verdicts, rewritten bytes and counters.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use pnet::packet::ethernet::EtherTypes;
 use xnlb_common::{counter, ipproto, single_slot_index, slot_state, Counters, Table};
+use xnlb_tests::cluster::connect_between;
 use xnlb_tests::fixture::{Fixture, DROP, IF_MAC, PASS, TX};
 use xnlb_tests::frames::*;
+use xnlb_tests::netns::Netns;
 use xnlb_tests::tables::*;
 
 const CMAC4: [u8; 6] = [0x03, 0xbf, 198, 18, 0, 100];
@@ -472,77 +474,128 @@ fn neighbour_solicitations_for_a_vip_get_an_advertisement_with_a_valid_checksum(
     assert_eq!(fx.run(&other).action, PASS);
 }
 
+/// A namespace with the VIP and a client address on `lo`, a server
+/// listening on VIP:80: connections made there are real kernel sockets,
+/// which the program's lookup (run by `BPF_PROG_TEST_RUN` in the same
+/// namespace) finds.
+fn socket_table_ns(client: IpAddr) -> Netns {
+    let ns = Netns::new("sk");
+    ns.sh(&format!(
+        "ip link set lo up && ip addr add {VIP4}/32 dev lo && ip addr add {client}/32 dev lo"
+    ));
+    ns
+}
+
+fn connect(client: IpAddr, port: u16) -> std::net::TcpStream {
+    connect_between(
+        SocketAddr::new(client, port),
+        SocketAddr::new(VIP4.into(), 80),
+        std::time::Duration::from_secs(2),
+    )
+    .unwrap_or_else(|| panic!("connect from {client}:{port}"))
+}
+
 #[test]
-fn releasing_keeps_tracked_connections_and_acquiring_takes_new_ones() {
-    let mut fx = Fixture::new();
+fn handed_over_buckets_follow_the_kernels_socket_table() {
     let vip: IpAddr = VIP4.into();
     let c = client4(10);
-    let mut t = table(slot_state::OWNED);
-    fx.serve(&t);
-    // Connection A opens while we own every bucket: tracked.
-    let a = 40_000;
-    let slot = slot_of(&t, vip, c, ipproto::TCP, a, 80);
-    let pkt =
-        |port: u16, flags: u8| frame(CMAC4, c, vip, &tcp(port, 80, flags), &IpOpts::default());
-    assert_eq!(fx.run(&pkt(a, SYN)).action, PASS);
-    // Find a second port in the same bucket, never seen.
-    let b = port_where(&t, vip, c, ipproto::TCP, 80, |p, s| p != a && s == slot);
+    let ns = socket_table_ns(c);
+    ns.enter(|| {
+        let listener = std::net::TcpListener::bind((VIP4, 80)).expect("listen on the VIP");
+        let mut fx = Fixture::new();
+        let mut t = table(slot_state::OWNED);
+        fx.serve(&t);
+        let a = 40_000;
+        let slot = slot_of(&t, vip, c, ipproto::TCP, a, 80);
+        let pkt =
+            |port: u16, flags: u8| frame(CMAC4, c, vip, &tcp(port, 80, flags), &IpOpts::default());
+        // Connection A is established in this kernel.
+        let conn_a = connect(c, a);
+        let (_server_a, _) = listener.accept().expect("accept A");
+        // B and D: other ports in the same bucket, with no connection.
+        let b = port_where(&t, vip, c, ipproto::TCP, 80, |p, s| p != a && s == slot);
 
-    // RELEASING: only tracked connections.
-    t.state[slot] = slot_state::RELEASING;
-    fx.dp.install(&t).expect("install");
-    let before = fx.counters();
-    assert_eq!(
-        fx.run(&pkt(a, ACK)).action,
-        PASS,
-        "tracked connection keeps flowing"
-    );
-    assert_eq!(delta(&before, &fx.counters(), counter::PASSED_TRACKED), 1);
-    assert_eq!(
-        fx.run(&pkt(b, ACK)).action,
-        DROP,
-        "untracked established flow is not ours"
-    );
-    assert_eq!(
-        fx.run(&pkt(b, SYN)).action,
-        DROP,
-        "new connections go to the acquirer"
-    );
-    let u = port_where(&t, vip, c, ipproto::UDP, 80, |_, s| s == slot);
-    let udp = frame(
-        CMAC4,
-        c,
-        vip,
-        &L4::Udp {
-            sport: u,
-            dport: 80,
-            len: 4,
-        },
-        &IpOpts::default(),
-    );
-    assert_eq!(fx.run(&udp).action, DROP, "UDP moves at once");
-    assert_eq!(fx.dp.releasing_flows().expect("flows"), 1);
-    assert_eq!(fx.run(&pkt(a, FIN | ACK)).action, PASS);
-    assert_eq!(
-        fx.dp.releasing_flows().expect("flows"),
-        0,
-        "closing connections are not waited for"
-    );
+        // RELEASING: only connections this kernel holds.
+        t.state[slot] = slot_state::RELEASING;
+        fx.dp.install(&t).expect("install");
+        let before = fx.counters();
+        assert_eq!(
+            fx.run(&pkt(a, ACK)).action,
+            PASS,
+            "held connection keeps flowing"
+        );
+        assert_eq!(delta(&before, &fx.counters(), counter::PASSED_HELD), 1);
+        assert_eq!(
+            fx.run(&pkt(b, ACK)).action,
+            DROP,
+            "no socket here (only the listener): another node's connection"
+        );
+        assert_eq!(
+            fx.run(&pkt(b, SYN)).action,
+            DROP,
+            "new connections go to the acquirer"
+        );
+        let u = port_where(&t, vip, c, ipproto::UDP, 80, |_, s| s == slot);
+        let udp = frame(
+            CMAC4,
+            c,
+            vip,
+            &L4::Udp {
+                sport: u,
+                dport: 80,
+                len: 4,
+            },
+            &IpOpts::default(),
+        );
+        assert_eq!(fx.run(&udp).action, DROP, "UDP moves at once");
+        // A spoofed RST does not end anything: the kernel still holds A.
+        assert_eq!(fx.run(&pkt(a, RST)).action, PASS);
+        assert_eq!(fx.run(&pkt(a, ACK)).action, PASS);
+        // A real reset does: the socket is gone at once, so is A.
+        reset(conn_a);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(
+            fx.run(&pkt(a, ACK)).action,
+            DROP,
+            "reset connection is over"
+        );
 
-    // ACQUIRING: new connections and our own, not the releaser's.
-    t.state[slot] = slot_state::ACQUIRING;
-    fx.dp.install(&t).expect("install");
-    let d = port_where(&t, vip, c, ipproto::TCP, 80, |p, s| {
-        p != a && p != b && s == slot
+        // ACQUIRING: new connections and our own, not the releaser's.
+        t.state[slot] = slot_state::ACQUIRING;
+        fx.dp.install(&t).expect("install");
+        let d = port_where(&t, vip, c, ipproto::TCP, 80, |p, s| {
+            p != a && p != b && s == slot
+        });
+        assert_eq!(
+            fx.run(&pkt(d, ACK)).action,
+            DROP,
+            "established flow of the old owner"
+        );
+        assert_eq!(fx.run(&pkt(d, SYN)).action, PASS, "new connection");
+        let _conn_d = connect(c, d);
+        let (_server_d, _) = listener.accept().expect("accept D");
+        assert_eq!(fx.run(&pkt(d, ACK)).action, PASS, "now held here");
+        assert_eq!(fx.run(&udp).action, PASS, "UDP is the acquirer's at once");
     });
-    assert_eq!(
-        fx.run(&pkt(d, ACK)).action,
-        DROP,
-        "established flow of the old owner"
-    );
-    assert_eq!(fx.run(&pkt(d, SYN)).action, PASS, "new connection");
-    assert_eq!(fx.run(&pkt(d, ACK)).action, PASS, "now tracked");
-    assert_eq!(fx.run(&udp).action, PASS, "UDP is the acquirer's at once");
+}
+
+/// Closes `s` with a reset (SO_LINGER 0), as a client that aborts.
+fn reset(s: std::net::TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a valid linger struct.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(s);
 }
 
 #[test]

@@ -1,12 +1,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, MapData, PerCpuArray};
 use aya::programs::Xdp;
 use aya::{Ebpf, EbpfLoader};
 use xnlb_common::{
-    ctrl, map_name, slot_state, Counters, FlowKey, FlowValue, Table, LAYOUT_VERSION, MAX_BUCKETS,
-    MAX_VIPS, PROG_FILTER, PROG_PROBE,
+    ctrl, map_name, Counters, Table, LAYOUT_VERSION, MAX_BUCKETS, MAX_VIPS, PROG_FILTER, PROG_PROBE,
 };
 
 use super::DataplaneError;
@@ -207,31 +206,5 @@ impl Dataplane {
         let dir = self.pin_dir.clone();
         drop(self);
         let _ = std::fs::remove_dir_all(dir);
-    }
-
-    /// Tracked connections whose slot is RELEASING in the live table and
-    /// that are not closing: what a handoff or drain waits for.
-    pub fn releasing_flows(&mut self) -> Result<u64, DataplaneError> {
-        let table = self.current_table()?;
-        let map = self.map(map_name::FLOWS)?;
-        let flows: HashMap<&MapData, FlowKey, FlowValue> =
-            HashMap::try_from(map).map_err(map_err(map_name::FLOWS))?;
-        let mut n = 0;
-        for entry in flows.iter() {
-            let (_, v) = entry.map_err(map_err(map_name::FLOWS))?;
-            let releasing = table.state.get(v.slot as usize) == Some(&slot_state::RELEASING);
-            if releasing && v.flags & xnlb_common::flow_flag::CLOSING == 0 {
-                n += 1;
-            }
-        }
-        Ok(n)
-    }
-
-    /// Number of tracked connections (all slots).
-    pub fn tracked_flows(&self) -> Result<usize, DataplaneError> {
-        let map = self.map(map_name::FLOWS)?;
-        let flows: HashMap<&MapData, FlowKey, FlowValue> =
-            HashMap::try_from(map).map_err(map_err(map_name::FLOWS))?;
-        Ok(flows.keys().filter(|k| k.is_ok()).count())
     }
 }

@@ -124,7 +124,9 @@ pub(super) async fn protocol_loop(
     };
     let mut checks = spawn_checks(&sh.cfg);
     let mut tracker = Tracker::new(sh.cfg.vips.len());
-    let mut flows = tokio::time::interval(Duration::from_millis(500));
+    // How often the socket table is read while a handoff is open: a drain
+    // ends within this (plus one epoch) of its last connection closing.
+    let mut flows = tokio::time::interval(Duration::from_millis(250));
     let mut liveness = tokio::time::interval(crate::liveness::PERIOD);
     liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop_deadline: Option<tokio::time::Instant> = None;

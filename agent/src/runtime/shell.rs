@@ -279,22 +279,28 @@ impl Shell {
         true
     }
 
-    /// Reports connections still open in releasing slots, so the core can
-    /// end handoffs when they are gone.
+    /// Reports the connections this node's kernel still holds in its
+    /// releasing slots (the socket table, not a tracking table), so the
+    /// core ends a handoff or drain once the last one closed, however it
+    /// closed (FIN, RST, timeout).
     pub fn report_flows(&mut self) {
-        let releasing = self
-            .installed
-            .as_ref()
-            .map(|t| t.state.contains(&slot_state::RELEASING))
-            .unwrap_or(false);
-        if !releasing {
+        let Some(table) = self.installed.as_ref() else {
+            return;
+        };
+        if !table.state.contains(&slot_state::RELEASING) {
             return;
         }
-        if let Some(dp) = &mut self.dp {
-            match dp.releasing_flows() {
-                Ok(n) => self.node.report_tracked_flows(now(), n),
-                Err(e) => warn!("counting tracked connections: {e}"),
+        let vips: Vec<std::net::IpAddr> = self.cfg.vips.iter().map(|v| v.address).collect();
+        match crate::sockets::held_connections(&vips) {
+            Ok(conns) => {
+                let held = conns
+                    .iter()
+                    .filter_map(|c| crate::sockets::slot_of(table, c))
+                    .filter(|&s| table.state.get(s) == Some(&slot_state::RELEASING))
+                    .count();
+                self.node.report_tracked_flows(now(), held as u64);
             }
+            Err(e) => warn!("{e}"),
         }
     }
 

@@ -53,19 +53,9 @@ fn main() {
     };
     let none = IpOpts::default();
 
-    // The tracked flow: SYN while owned, then the bucket is releasing.
-    let syn = frame(
-        cmac4,
-        c4,
-        VIP4.into(),
-        &L4::Tcp {
-            sport: rel,
-            dport: 8200,
-            flags: SYN,
-        },
-        &none,
-    );
-    assert_eq!(fx.run(&syn).action, 2);
+    // A bucket being handed over: its non-SYN TCP packets cost a lookup
+    // in the kernel's socket table (a miss here: no connection in this
+    // namespace, so the packet is dropped after the lookup).
     t.state[rel_slot] = slot_state::RELEASING;
     fx.dp.install(&t).expect("install");
     // The fragment: first fragment accepted, then time a later one.
@@ -171,7 +161,7 @@ fn main() {
             2,
         ),
         (
-            "tracked TCP flow, releasing bucket",
+            "releasing bucket: socket lookup (miss)",
             PROG_FILTER,
             frame(
                 cmac4,
@@ -184,7 +174,7 @@ fn main() {
                 },
                 &none,
             ),
-            2,
+            1,
         ),
     ];
     for (name, prog, f, want) in &cases {
