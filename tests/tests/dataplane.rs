@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use pnet::packet::ethernet::EtherTypes;
 use xnlb_common::{counter, ipproto, single_slot_index, slot_state, Counters, Table};
-use xnlb_tests::cluster::connect_between;
+use xnlb_tests::cluster::{abort, connect_between};
 use xnlb_tests::fixture::{Fixture, DROP, IF_MAC, PASS, TX};
 use xnlb_tests::frames::*;
 use xnlb_tests::netns::Netns;
@@ -552,7 +552,7 @@ fn handed_over_buckets_follow_the_kernels_socket_table() {
         assert_eq!(fx.run(&pkt(a, RST)).action, PASS);
         assert_eq!(fx.run(&pkt(a, ACK)).action, PASS);
         // A real reset does: the socket is gone at once, so is A.
-        reset(conn_a);
+        abort(conn_a);
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert_eq!(
             fx.run(&pkt(a, ACK)).action,
@@ -577,25 +577,6 @@ fn handed_over_buckets_follow_the_kernels_socket_table() {
         assert_eq!(fx.run(&pkt(d, ACK)).action, PASS, "now held here");
         assert_eq!(fx.run(&udp).action, PASS, "UDP is the acquirer's at once");
     });
-}
-
-/// Closes `s` with a reset (SO_LINGER 0), as a client that aborts.
-fn reset(s: std::net::TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket we own, with a valid linger struct.
-    unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&s),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-    drop(s);
 }
 
 #[test]

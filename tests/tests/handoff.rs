@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use xnlb::control::Request;
 use xnlb_tests::cluster::checks::{owned, status, tcp_all_by_owner, CONVERGE};
-use xnlb_tests::cluster::{echo_round, wait_until, Cluster, ClusterSpec, Conn};
+use xnlb_tests::cluster::{abort, echo_round, wait_until, Cluster, ClusterSpec, Conn};
 
 const CONNS: usize = 200;
 
@@ -148,8 +148,15 @@ fn drain_resume_rebalance_and_weight_change_keep_established_connections() {
         "draining",
         "node 1 finished draining with its connections still open"
     );
-    // Close node 1's connections: the drain finishes.
-    conns.retain(|k| k.node != 1);
+    // Close node 1's connections, half with a FIN and half with a reset
+    // (the socket table forgets both at once): the drain finishes.
+    let (ones, rest): (Vec<Conn>, Vec<Conn>) = conns.into_iter().partition(|k| k.node == 1);
+    conns = rest;
+    for (i, k) in ones.into_iter().enumerate() {
+        if i % 2 == 0 {
+            abort(k.stream);
+        }
+    }
     let t_close = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -166,7 +173,7 @@ fn drain_resume_rebalance_and_weight_change_keep_established_connections() {
         std::thread::sleep(Duration::from_millis(100));
     }
     println!(
-        "drain finished {:?} after node 1's connections closed",
+        "drain finished {:?} after node 1's connections closed (half by FIN, half by RST)",
         t_close.elapsed()
     );
     c.wait_converged(&[1, 2, 3], CONVERGE);

@@ -285,6 +285,26 @@ pub fn connect_from(port: u16, timeout: Duration) -> Option<TcpStream> {
     )
 }
 
+/// Closes `s` with a reset (SO_LINGER 0), as a client that aborts: the
+/// server's socket is gone at once, with no FIN exchange.
+pub fn abort(s: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a valid linger struct.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(s);
+}
+
 /// Reads the one-byte node id a test server sends first.
 pub fn read_node_id(mut s: TcpStream) -> Option<u8> {
     let mut b = [0u8; 1];

@@ -28,7 +28,7 @@ pub mod checks;
 
 pub use checks::wait_until;
 pub use client::{
-    client_addr, connect_between, connect_from, echo_round, node_addr, read_node_id, Conn,
+    abort, client_addr, connect_between, connect_from, echo_round, node_addr, read_node_id, Conn,
 };
 pub use servers::Recorder;
 
