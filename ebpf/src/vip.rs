@@ -131,9 +131,13 @@ impl VipPacket {
             write_probe_result(f, hash, slot);
         }
         let state = t.state[slot];
-        // Fail closed before any side effect of the verdict (tracking): a node
-        // past its lease accepts nothing. A slot it does not hold is dropped
-        // below without reading the clock, the common case on every node.
+        // Fail closed: a node past its lease accepts nothing (S3), not even
+        // a connection its kernel holds: it cannot know whether the new
+        // owner still looks connections up (a bucket handed on twice keeps
+        // only its latest previous owner). Its connections wait (TCP
+        // retransmits) until it rejoins and serves them as RELEASING. A
+        // slot it does not hold is dropped below without reading the
+        // clock, the common case on every node.
         if state != slot_state::NOT_OWNED && !lease_valid() {
             return stats.fenced();
         }

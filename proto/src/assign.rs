@@ -171,12 +171,15 @@ impl ClusterState {
         for op in ops {
             match *op {
                 Op::Fence { id } => {
+                    // Its buckets move, but its host may live on (only the
+                    // agent died, froze or was cut off) with connections
+                    // its kernel still serves: it stays the previous owner
+                    // (`prev`) of what it held, so the new owners accept
+                    // only connections their own kernels hold, until it
+                    // rejoins and reports its sockets gone, or until the
+                    // coordinator's drain_timeout (`Op::HandoffDone`).
                     if let Some(m) = next.member_mut(id) {
                         m.standing = Standing::Fenced;
-                    }
-                    // Its releasing duties end with it: its flows are lost.
-                    for p in next.prev.iter_mut().filter(|p| **p == id) {
-                        *p = 0;
                     }
                 }
                 Op::Admit {
@@ -280,15 +283,23 @@ impl ClusterState {
         out
     }
 
-    /// Moves slot `s` to `new`, recording a handoff if the old owner stays.
+    /// Whether member `id`'s host may still hold connections: it takes
+    /// part, or it was fenced (its agent is gone, its host may not be).
+    pub fn may_hold_connections(&self, id: u8) -> bool {
+        self.member(id)
+            .is_some_and(|m| m.standing.participates() || m.standing == Standing::Fenced)
+    }
+
+    /// Moves slot `s` to `new`, recording a handoff if the old owner may
+    /// still hold connections in it.
     fn move_slot(&mut self, s: usize, new: u8) {
         let old = self.owner[s];
         if old == new {
             return;
         }
-        if old != 0 && self.participates(old) {
+        if old != 0 && self.may_hold_connections(old) {
             self.prev[s] = old;
-        } else if self.prev[s] != 0 && !self.participates(self.prev[s]) {
+        } else if self.prev[s] != 0 && !self.may_hold_connections(self.prev[s]) {
             self.prev[s] = 0;
         }
         if self.prev[s] == new {
@@ -456,10 +467,14 @@ mod tests {
             assert_ne!(to, 3);
         }
         assert_eq!(moved(&s, &after).len(), s.buckets_of(3));
-        assert!(
-            after.prev.iter().all(|&p| p == 0),
-            "a failed member hands nothing off"
-        );
+        // Its host may still hold connections: the new owners acquire
+        // (accept only what their own kernels hold) until it is done.
+        for (b, _, _) in moved(&s, &after) {
+            assert_eq!(after.prev[b], 3, "bucket {b}");
+        }
+        let done = after.apply(&[Op::HandoffDone { id: 3 }]);
+        assert!(done.prev.iter().all(|&p| p == 0));
+        assert_eq!(done.member(3).map(|m| m.standing), Some(Standing::Fenced));
     }
 
     #[test]
@@ -560,7 +575,7 @@ mod tests {
         assert_eq!(s.owner[9], 0);
         let f = s.apply(&[Op::Fence { id: 2 }]);
         assert_eq!(f.owner[8], 1);
-        assert_eq!(f.prev[8], 0);
+        assert_eq!(f.prev[8], 2, "the fenced member may still hold connections");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Small deterministic clusters driven by hand (no simulator feature): the
 //! agent-facing behaviour of `Node`.
 
-use xnlb_common::slot_state::{NOT_OWNED, OWNED};
+use xnlb_common::slot_state::{ACQUIRING, NOT_OWNED, OWNED};
 use xnlb_proto::wire::{self, Body};
 use xnlb_proto::{Action, Config, MemberConfig, Node, NodeState, Role, Time};
 
@@ -176,9 +176,14 @@ impl Cluster {
         }
     }
 
+    /// The nodes whose data plane accepts new flows of `bucket` now
+    /// (OWNED, or ACQUIRING while a previous owner may still hold
+    /// connections in it).
     fn owners(&self, bucket: usize) -> Vec<usize> {
         (0..self.nodes.len())
-            .filter(|&i| self.states[i][bucket] == OWNED && self.leases[i] > self.now)
+            .filter(|&i| {
+                matches!(self.states[i][bucket], OWNED | ACQUIRING) && self.leases[i] > self.now
+            })
             .collect()
     }
 }

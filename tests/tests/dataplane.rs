@@ -576,6 +576,15 @@ fn handed_over_buckets_follow_the_kernels_socket_table() {
         let (_server_d, _) = listener.accept().expect("accept D");
         assert_eq!(fx.run(&pkt(d, ACK)).action, PASS, "now held here");
         assert_eq!(fx.run(&udp).action, PASS, "UDP is the acquirer's at once");
+
+        // Fenced (lease gone): nothing, not even a held connection; it
+        // waits for the node to rejoin.
+        t.state[slot] = slot_state::RELEASING;
+        fx.dp.install(&t).expect("install");
+        fx.dp.set_lease(0).expect("lease");
+        let before = fx.counters();
+        assert_eq!(fx.run(&pkt(d, ACK)).action, DROP, "fail closed");
+        assert_eq!(delta(&before, &fx.counters(), counter::DROPPED_FENCED), 1);
     });
 }
 

@@ -303,6 +303,7 @@ impl Node {
         self.catchup.installed(epoch, &ops, self.digest);
         self.acceptor.paxos.advance(epoch);
         self.proposer.installed(epoch);
+        self.proposer.track_orphans(&self.state, now);
         self.plane.barrier_passed = false;
         self.persist();
         let mut why = why;

@@ -28,6 +28,10 @@ pub(crate) struct Proposer {
     proposal: Option<Proposal>,
     /// Highest round used or seen (persisted).
     pub(crate) max_round: u64,
+    /// Fenced members still recorded as previous owners (their hosts may
+    /// hold connections), and since when we know it: after
+    /// `drain_timeout` the coordinator ends their handoff itself.
+    orphans: Vec<(u8, Time)>,
 }
 
 /// What the coordinator knows of one member when it decides the next
@@ -70,6 +74,7 @@ impl Proposer {
         Proposer {
             proposal: None,
             max_round,
+            orphans: Vec::new(),
         }
     }
 
@@ -112,6 +117,32 @@ impl Proposer {
         if self.proposal.as_ref().is_some_and(|p| p.epoch <= epoch) {
             self.proposal = None;
         }
+    }
+
+    /// Notes, at an install, which non-participating members are still
+    /// previous owners in `state` (first seen at `now`), forgetting those
+    /// that are not any more.
+    pub(crate) fn track_orphans(&mut self, state: &crate::assign::ClusterState, now: Time) {
+        let orphans: Vec<u8> = state
+            .members
+            .iter()
+            .filter(|m| !m.standing.participates() && state.prev.contains(&m.id))
+            .map(|m| m.id)
+            .collect();
+        self.orphans.retain(|(id, _)| orphans.contains(id));
+        for id in orphans {
+            if !self.orphans.iter().any(|(o, _)| *o == id) {
+                self.orphans.push((id, now));
+            }
+        }
+    }
+
+    /// Whether fenced member `id`'s handoff has waited `timeout` since we
+    /// first saw it open.
+    fn orphan_expired(&self, id: u8, now: Time, timeout: u64) -> bool {
+        self.orphans
+            .iter()
+            .any(|&(o, since)| o == id && now.since(since) >= timeout)
     }
 
     /// Records `from`'s promise for `(epoch, ballot)`; once a quorum
@@ -406,14 +437,14 @@ impl Node {
                 };
                 MemberView::of_peer(p, h, l)
             };
-            self.ops_for(m, &view, &mut ops);
+            self.ops_for(m, &view, now, &mut ops);
         }
         ops.truncate(MAX_OPS);
         ops
     }
 
     /// What member `m`'s view asks of the next epoch.
-    fn ops_for(&self, m: &MemberRec, v: &MemberView, ops: &mut Vec<Op>) {
+    fn ops_for(&self, m: &MemberRec, v: &MemberView, now: Time, ops: &mut Vec<Op>) {
         let part = m.standing.participates();
         if part && v.dead {
             ops.push(Op::Fence { id: m.id });
@@ -427,6 +458,14 @@ impl Node {
                     weight: v.weight,
                     drained: v.wish == Wish::Drained,
                 });
+            } else if self.state.prev.contains(&m.id)
+                && self
+                    .proposer
+                    .orphan_expired(m.id, now, self.cfg.drain_timeout_ns)
+            {
+                // A fenced member that did not come back: its host is
+                // presumed gone with its connections after drain_timeout.
+                ops.push(Op::HandoffDone { id: m.id });
             }
             return;
         }
