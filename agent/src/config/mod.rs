@@ -12,9 +12,11 @@
 //! ([`xnlb_proto::Role`], [`xnlb_proto::Failback`]): the agent hands them
 //! over unchanged.
 
+pub mod check;
 mod cluster;
 mod context;
 mod control;
+pub mod effective;
 mod node;
 mod raw;
 mod vip;
