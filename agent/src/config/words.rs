@@ -31,6 +31,10 @@ fn line(l: &str) -> String {
             return format!("unknown key `{name}`; the only key here is {known}");
         }
     }
+    if l == "invalid type: map, expected a sequence" {
+        // `[vip]` where `[[vip]]` is meant: the commonest TOML slip here.
+        return "a single table given where a list of tables is expected: write each entry as [[name]], not [name]".into();
+    }
     for prefix in ["invalid type: ", "invalid value: "] {
         if let Some((given, expected)) = l
             .strip_prefix(prefix)
