@@ -14,6 +14,13 @@ pub enum KeyError {
         /// Cause.
         source: std::io::Error,
     },
+    /// A directory, device or other non-file: the agent would fail to read
+    /// it only later, or block on a FIFO.
+    #[error("cluster.key_file {path}: is not a regular file")]
+    NotAFile {
+        /// Path.
+        path: PathBuf,
+    },
     /// Readable by group or others.
     #[error(
         "cluster.key_file {path}: mode {mode:o} lets others read the cluster key: chmod 600 it"
@@ -38,6 +45,25 @@ pub fn generate() -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Writes a new key to `path`, created with mode 0600 so that it is never
+/// readable by others, not even for a moment (`xnlb keygen > file` under a
+/// 022 umask makes a 0644 file that [`load`] refuses). An existing file is
+/// never overwritten: it may be the key the running cluster uses.
+pub fn write_new(path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    // The umask can only clear bits, never add them: 0600 stays 0600 or less,
+    // and less (e.g. umask 0277) would lock the owner out, so set it exactly.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    writeln!(f, "{}", generate())?;
+    f.sync_all()
+}
+
 /// Reads the key at `path`, refusing one others can read.
 pub fn load(path: &Path) -> Result<Vec<u8>, KeyError> {
     let read = |source| KeyError::Read {
@@ -45,6 +71,11 @@ pub fn load(path: &Path) -> Result<Vec<u8>, KeyError> {
         source,
     };
     let meta = std::fs::metadata(path).map_err(read)?;
+    if !meta.is_file() {
+        return Err(KeyError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyError::Permissions {

@@ -1,19 +1,23 @@
-//! `xnlb`: the agent and the command line that manages it.
+//! `xnlb`: the agent and the command line that manages it. Exit statuses:
+//! 0 done, 1 failed, 2 invalid configuration, 3 no agent running (see
+//! [`cli::exit`]).
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use xnlb::config::{Config, DEFAULT_SOCKET, MAX_DRAIN_TIMEOUT_S};
-use xnlb::control::client::request;
+use cli::ctl::{control, socket_of};
+use cli::Failure;
+use xnlb::config::MAX_DRAIN_TIMEOUT_S;
 use xnlb::control::Request;
 use xnlb::status::StatusView;
 
 #[derive(Parser)]
 #[command(
     name = "xnlb",
-    version,
+    version = cli::version(),
     about = "Network load-balancing cluster agent: one cluster IP shared by many Linux nodes, filtered in XDP"
 )]
 struct Cli {
@@ -40,16 +44,37 @@ enum Cmd {
         #[arg(long, default_value = "/etc/xnlb/xnlb.toml")]
         config: PathBuf,
     },
-    /// Validate a configuration file and exit (status 2 if invalid).
+    /// Validate configuration files and their key files (status 2 if one is
+    /// invalid, or if several, one per node, differ in cluster-wide settings).
     CheckConfig {
-        /// Configuration file.
-        file: PathBuf,
+        /// Configuration files (one per node to compare them).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Fail (status 1) on warnings too.
+        #[arg(long)]
+        strict: bool,
+        /// Print the effective configuration, every default filled in.
+        #[arg(long)]
+        print: bool,
     },
-    /// Print a new random cluster key (`xnlb keygen > cluster.key`).
-    Keygen,
+    /// Make a new random cluster key: `xnlb keygen --out /etc/xnlb/cluster.key`
+    /// (mode 0600; without --out, printed to stdout).
+    Keygen {
+        /// Write the key to this new file, mode 0600 (never overwrites).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print a VIP's cluster MAC (multicast unless --unicast).
+    Mac {
+        /// The VIP.
+        vip: String,
+        /// The unicast MAC of `mac_mode = "unicast"`.
+        #[arg(long)]
+        unicast: bool,
+    },
     /// Show the cluster as this node sees it.
     Status {
-        /// Machine-readable JSON.
+        /// Machine-readable JSON (errors too: `{"error": "..."}`).
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -93,31 +118,12 @@ enum Cmd {
         /// VIP port (0 for ICMP).
         #[arg(long)]
         dport: u16,
-        /// Print JSON.
+        /// Print JSON (errors too: `{"error": "..."}`).
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         target: Target,
     },
-}
-
-fn socket_of(t: &Target) -> Result<PathBuf, String> {
-    if let Some(s) = &t.socket {
-        return Ok(s.clone());
-    }
-    if let Some(c) = &t.config {
-        return Config::load(c).map(|c| c.socket).map_err(|e| e.to_string());
-    }
-    Ok(PathBuf::from(DEFAULT_SOCKET))
-}
-
-fn control(t: &Target, req: Request) -> Result<xnlb::control::Response, String> {
-    let socket = socket_of(t)?;
-    let resp = request(&socket, &req, Duration::from_secs(10)).map_err(|e| e.to_string())?;
-    if !resp.ok {
-        return Err(resp.message);
-    }
-    Ok(resp)
 }
 
 fn init_logging() {
@@ -135,89 +141,93 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result: Result<(), (u8, String)> = match cli.cmd {
+    // A command asked for JSON answers in JSON when it fails too, so a
+    // script parsing stdout never meets prose.
+    let json = matches!(
+        cli.cmd,
+        Cmd::Status { json: true, .. } | Cmd::Owner { json: true, .. }
+    );
+    match run(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if json {
+                println!("{}", serde_json::json!({ "error": f.message }));
+            } else {
+                eprintln!("xnlb: {}", f.message);
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<(), Failure> {
+    let target = |t: &Target| socket_of(&t.socket, &t.config);
+    match cmd {
         Cmd::Agent { config } => {
             init_logging();
-            xnlb::runtime::run(&config).map_err(|e| (e.exit_code(), e.to_string()))
+            xnlb::runtime::run(&config).map_err(|e| Failure::new(e.exit_code(), e.to_string()))
         }
-        Cmd::CheckConfig { file } => match Config::load(&file) {
-            Ok(c) => {
+        Cmd::CheckConfig {
+            files,
+            strict,
+            print,
+        } => cli::check_config::run(&cli::check_config::Options {
+            files,
+            strict,
+            print,
+        }),
+        Cmd::Keygen { out } => cli::keygen(out.as_deref()),
+        Cmd::Mac { vip, unicast } => cli::mac(&vip, unicast),
+        Cmd::Status { json, target: t } => {
+            let r = control(&target(&t)?, Request::Status)?;
+            if json {
                 println!(
-                    "{}: valid: node {} of cluster {:?}, {} members, {} VIPs",
-                    file.display(),
-                    c.node_id,
-                    c.cluster_name,
-                    c.members.len(),
-                    c.vips.len()
+                    "{}",
+                    serde_json::to_string_pretty(&r.data).unwrap_or_default()
                 );
-                Ok(())
+            } else {
+                let s: StatusView = serde_json::from_value(r.data)
+                    .map_err(|e| Failure::new(cli::exit::FAILED, e.to_string()))?;
+                print!("{}", s.render());
             }
-            Err(e) => Err((2, e.to_string())),
-        },
-        Cmd::Keygen => {
-            println!("{}", xnlb::key::generate());
             Ok(())
         }
-        Cmd::Status { json, target } => control(&target, Request::Status)
-            .and_then(|r| {
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&r.data).unwrap_or_default()
-                    );
-                    Ok(())
-                } else {
-                    let s: StatusView =
-                        serde_json::from_value(r.data).map_err(|e| e.to_string())?;
-                    print!("{}", s.render());
-                    Ok(())
-                }
-            })
-            .map_err(|e| (1, e)),
-        Cmd::Drain { timeout, target } => simple(&target, Request::Drain { timeout_s: timeout }),
-        Cmd::Resume { target } => simple(&target, Request::Resume),
-        Cmd::Stop { target } => simple(&target, Request::Stop),
-        Cmd::Rebalance { target } => simple(&target, Request::Rebalance),
+        Cmd::Drain { timeout, target: t } => {
+            simple(&target(&t)?, Request::Drain { timeout_s: timeout })
+        }
+        Cmd::Resume { target: t } => simple(&target(&t)?, Request::Resume),
+        Cmd::Stop { target: t } => simple(&target(&t)?, Request::Stop),
+        Cmd::Rebalance { target: t } => simple(&target(&t)?, Request::Rebalance),
         Cmd::Owner {
             vip,
             proto,
             src,
             dport,
             json,
-            target,
-        } => control(
-            &target,
-            Request::Owner {
-                vip,
-                proto,
-                src,
-                dport,
-            },
-        )
-        .map(|r| {
+            target: t,
+        } => {
+            let r = control(
+                &target(&t)?,
+                Request::Owner {
+                    vip,
+                    proto,
+                    src,
+                    dport,
+                },
+            )?;
             if json {
                 println!("{}", r.data);
             } else {
                 println!("{}", r.message);
             }
-        })
-        .map_err(|e| (1, e)),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err((code, msg)) => {
-            eprintln!("xnlb: {msg}");
-            ExitCode::from(code)
+            Ok(())
         }
     }
 }
 
-fn simple(target: &Target, req: Request) -> Result<(), (u8, String)> {
-    control(target, req)
-        .map(|r| println!("{}", r.message))
-        .map_err(|e| (1, e))
+fn simple(socket: &std::path::Path, req: Request) -> Result<(), Failure> {
+    control(socket, req).map(|r| println!("{}", r.message))
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

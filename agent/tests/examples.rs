@@ -42,3 +42,15 @@ fn the_examples_show_a_witness_and_a_standby() {
     assert!(roles.iter().any(|r| r == "Witness"), "{roles:?}");
     assert!(roles.iter().any(|r| r == "Standby"), "{roles:?}");
 }
+
+/// `check-config --print` writes what parses back to the same
+/// configuration, for every shipped example (witness and standby included).
+#[test]
+fn the_effective_config_of_every_example_reads_back() {
+    for f in examples() {
+        let a = Config::load(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let text = xnlb::config::effective::to_toml(&a);
+        let b = Config::parse(&f, &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(a, b, "{}", f.display());
+    }
+}

@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 
 use super::context::Ctx;
 use super::node::Node;
-use super::raw::{RawCluster, RawNode};
+use super::raw::{given_or, RawCluster, RawNode};
 use super::{
-    ConfigError, Member, MAX_DEAD_AFTER_MS, MAX_DRAIN_TIMEOUT_S, MAX_HEARTBEAT_INTERVAL_MS, ROLES,
+    role_name, ConfigError, Member, MAX_DEAD_AFTER_MS, MAX_DRAIN_TIMEOUT_S,
+    MAX_HEARTBEAT_INTERVAL_MS, ROLES,
 };
 
 /// `[cluster]` validated.
@@ -62,11 +63,18 @@ pub(super) fn parse(
         "(60 s): a member silent that long is dead",
     )?;
     if dead < 3 * hb {
+        // Left at its default, the fault is as much the interval's: point
+        // there, not at line 1 where a default's empty span would.
+        let defaulted = if c.dead_after_ms.span().is_empty() {
+            " (the default; set cluster.dead_after_ms or shorten the interval)"
+        } else {
+            ""
+        };
         return cx.err(
-            c.dead_after_ms.span(),
+            given_or(&c.dead_after_ms, c.heartbeat_interval_ms.span()),
             "cluster.dead_after_ms",
             format!(
-                "{dead} ms is less than 3 heartbeat intervals ({} ms)",
+                "{dead} ms{defaulted} is less than 3 heartbeat intervals ({} ms)",
                 3 * hb
             ),
         );
@@ -124,12 +132,18 @@ fn members(
         );
     };
     if me.role != node.role {
+        let defaulted = if raw_node.role.span().is_empty() {
+            " (the default)"
+        } else {
+            ""
+        };
         return cx.err(
-            raw_node.role.span(),
+            given_or(&raw_node.role, raw_node.id.span()),
             "node.role",
             format!(
-                "{:?} differs from this node's [[cluster.member]] role {:?}",
-                node.role, me.role
+                "\"{}\"{defaulted} differs from this node's [[cluster.member]] role \"{}\": set both to the same role",
+                role_name(node.role),
+                role_name(me.role)
             ),
         );
     }

@@ -19,7 +19,7 @@ pub(super) struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// The 1-based line of byte `offset`.
-    fn line(&self, offset: usize) -> usize {
+    pub fn line(&self, offset: usize) -> usize {
         self.src[..offset.min(self.src.len())].matches('\n').count() + 1
     }
 

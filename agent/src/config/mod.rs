@@ -12,12 +12,15 @@
 //! ([`xnlb_proto::Role`], [`xnlb_proto::Failback`]): the agent hands them
 //! over unchanged.
 
+pub mod check;
 mod cluster;
 mod context;
 mod control;
+pub mod effective;
 mod node;
 mod raw;
 mod vip;
+mod words;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -64,6 +67,14 @@ const ROLES: [(&str, Role); 3] = [
     ("standby", Role::Standby),
     ("witness", Role::Witness),
 ];
+
+/// The name the file uses for `role` (`"standby"`, not `Standby`).
+pub fn role_name(role: Role) -> &'static str {
+    ROLES
+        .iter()
+        .find(|(_, r)| *r == role)
+        .map_or("unknown", |(name, _)| name)
+}
 
 /// How the XDP program is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -270,7 +281,7 @@ impl Config {
     pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigError> {
         let raw: raw::RawFile = toml::from_str(src).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().to_string(),
+            message: words::plain(e.to_string().trim_end()),
         })?;
         let cx = context::Ctx { path, src };
         let node = node::parse(&cx, &raw.node)?;

@@ -180,3 +180,25 @@ fn an_error_about_a_defaulted_value_names_the_line_of_its_vip() {
     let src = format!("{EXAMPLE}[vip.health]\ntcp = \"127.0.0.1:80\"\ninterval_ms = 100\n");
     expect_err(&src, "vip[0].health.timeout_ms", 25);
 }
+
+#[test]
+fn a_defaulted_key_is_reported_where_the_fault_is_written() {
+    // node.role left out ("active") while the member entry says standby:
+    // [node]'s id line, not line 1 where the default's empty span points.
+    let src = EXAMPLE.replace("role = \"active\"\n", "").replace(
+        "id = 1\naddrs = [\"198.18.1.1:7450\"]",
+        "id = 1\naddrs = [\"198.18.1.1:7450\"]\nrole = \"standby\"",
+    );
+    expect_err(&src, "node.role", 3);
+    let msg = parse(&src).unwrap_err().to_string();
+    assert!(
+        msg.contains("\"standby\"") && !msg.contains("Standby"),
+        "{msg}"
+    );
+    // dead_after_ms left at 250 ms with a 100 ms interval: the interval's line.
+    expect_err(
+        &with_cluster_line("heartbeat_interval_ms = 100"),
+        "cluster.dead_after_ms",
+        12,
+    );
+}

@@ -101,7 +101,7 @@ pub(super) fn parse(cx: &Ctx, raw: &[RawVip], members: &[Member]) -> Result<Vec<
     }
     if single_slots > xnlb_common::MAX_SINGLE_SLOTS as usize {
         return cx.err(
-            0..0,
+            raw.last().map_or(0..0, |v| v.address.span()),
             "vip",
             format!(
                 "{single_slots} single-mode rules and defaults; at most {}",

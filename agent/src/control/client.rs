@@ -11,7 +11,9 @@ use super::{Request, Response};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing listens on the socket.
-    #[error("no xnlb agent is running on {path} ({source}): start it with `xnlb agent --config /etc/xnlb/xnlb.toml`")]
+    /// The hint names only `path`: the agent may run with any config file,
+    /// and the socket is what this command actually tried.
+    #[error("no xnlb agent is listening on {path} ({source}): start it (`systemctl start xnlb`), or point at its socket with --socket PATH or at its configuration with --config FILE")]
     NotRunning {
         /// Socket path.
         path: PathBuf,
