@@ -56,8 +56,7 @@ for n in "${NODES[@]}"; do attach "${P}n$n" "198.18.1.$n"; done
 attach "${P}c" 198.18.1.100
 ip netns exec "${P}c" ip route add "$VIP/32" dev eth0
 
-"$XNLB" keygen > "$WORK/cluster.key"
-chmod 600 "$WORK/cluster.key"
+"$XNLB" keygen --out "$WORK/cluster.key"   # created 0600
 for n in "${NODES[@]}"; do
   cat > "$WORK/n$n.toml" <<EOF
 [node]
