@@ -201,11 +201,18 @@ impl Node {
         }
     }
 
-    /// Whether the barrier passed, no handoff is open and every
-    /// participating member reports our (epoch, digest).
+    /// Whether the barrier passed, no member that takes part has a handoff
+    /// open, and every participating member reports our (epoch, digest).
+    /// A fenced member's open handoff (its host may still hold connections,
+    /// see `assign`) does not count: every bucket is served and the map
+    /// agreed; it only ends when the member rejoins or after drain_timeout.
     fn converged(&self) -> bool {
         self.plane.barrier_passed
-            && self.state.prev.iter().all(|&p| p == 0)
+            && self
+                .state
+                .prev
+                .iter()
+                .all(|&p| p == 0 || !self.state.participates(p))
             && self.confirmed_by_all(|_| true)
     }
 
