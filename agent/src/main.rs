@@ -86,6 +86,10 @@ enum Cmd {
         /// one day, as cluster.drain_timeout_s).
         #[arg(long, value_parser = clap::value_parser!(u64).range(0..=MAX_DRAIN_TIMEOUT_S))]
         timeout: Option<u64>,
+        /// Wait until the node owns nothing, printing progress; exit 1 if
+        /// it is still draining after the timeout (or 300 s) plus 30 s.
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -192,8 +196,18 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Cmd::Drain { timeout, target: t } => {
-            simple(&target(&t)?, Request::Drain { timeout_s: timeout })
+        Cmd::Drain {
+            timeout,
+            wait,
+            target: t,
+        } => {
+            let socket = target(&t)?;
+            simple(&socket, Request::Drain { timeout_s: timeout })?;
+            if wait {
+                let limit = std::time::Duration::from_secs(timeout.unwrap_or(300) + 30);
+                cli::ctl::wait_drained(&socket, limit)?;
+            }
+            Ok(())
         }
         Cmd::Resume { target: t } => simple(&target(&t)?, Request::Resume),
         Cmd::Stop { target: t } => simple(&target(&t)?, Request::Stop),

@@ -40,3 +40,41 @@ pub fn control(socket: &std::path::Path, req: Request) -> Result<Response, Failu
     }
     Ok(resp)
 }
+
+/// After `drain`: follows the handoff until this node owns nothing, one
+/// progress line per change (buckets still owned, state), so an operator
+/// or a script knows when the node can be taken down. Gives up after
+/// `limit` (the drain's own timeout plus a margin) with a failure.
+pub fn wait_drained(socket: &std::path::Path, limit: Duration) -> Result<(), Failure> {
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        let r = control(socket, Request::Status)?;
+        let s: xnlb::status::StatusView = serde_json::from_value(r.data)
+            .map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
+        let line = format!(
+            "{}: {} buckets owned, epoch {}{}",
+            s.state,
+            s.buckets.owned,
+            s.epoch,
+            if s.converged { ", converged" } else { "" }
+        );
+        if line != last {
+            println!("{:>6.1} s  {line}", started.elapsed().as_secs_f64());
+            last = line;
+        }
+        if s.state == "drained" && s.buckets.owned == 0 && s.converged {
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            return Err(Failure::new(
+                exit::FAILED,
+                format!(
+                    "still {} after {:?} ({} buckets owned): connections may still be open",
+                    s.state, limit, s.buckets.owned
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

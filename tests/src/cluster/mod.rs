@@ -457,6 +457,11 @@ impl Cluster {
         request(&self.node(id).socket, &req, Duration::from_secs(5)).expect("control request")
     }
 
+    /// Node `id`'s control socket (for running the `xnlb` CLI against it).
+    pub fn socket_path(&self, id: u8) -> &Path {
+        &self.node(id).socket
+    }
+
     /// Which node `xnlb owner` (asked on node `ask`) names for a TCP flow.
     pub fn owner(&self, ask: u8, client_port: u16) -> Option<u8> {
         self.owner_of(
