@@ -134,11 +134,7 @@ impl ClusterState {
     /// A short digest identifying this exact state: two nodes with equal
     /// (epoch, digest) have the same map.
     pub fn digest(&self) -> u64 {
-        use sha2::{Digest, Sha256};
-        let d = Sha256::digest(self.to_bytes());
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&d[..8]);
-        u64::from_le_bytes(b)
+        u64::from_le_bytes(crate::auth::short_digest(&self.to_bytes()))
     }
 
     /// The record of member `id`.

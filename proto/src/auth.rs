@@ -8,6 +8,17 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+/// The first 8 bytes of SHA-256 of `bytes`: a short unkeyed digest for
+/// telling states apart (the cluster state's digest, the state file's
+/// checksum), not for authentication.
+pub fn short_digest(bytes: &[u8]) -> [u8; 8] {
+    use sha2::Digest;
+    let d = Sha256::digest(bytes);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    b
+}
+
 /// Length of the MAC appended to every datagram.
 pub const MAC_LEN: usize = 32;
 

@@ -209,11 +209,7 @@ impl Node {
 /// First bytes of SHA-256: a torn or bit-flipped state file is refused
 /// rather than restored with silently different promises.
 fn checksum(body: &[u8]) -> [u8; CHECKSUM_LEN] {
-    use sha2::{Digest, Sha256};
-    let d = Sha256::digest(body);
-    let mut c = [0u8; CHECKSUM_LEN];
-    c.copy_from_slice(&d[..CHECKSUM_LEN]);
-    c
+    crate::auth::short_digest(body)
 }
 
 /// The persisted bytes without their checksum, if it matches.

@@ -312,18 +312,23 @@ impl World {
             .node
             .as_ref()
             .and_then(|n| n.proposal_in_flight())
-            .map(|(e, b, o)| (e, b, o.to_vec()))
         else {
             return;
         };
-        match self.ballots.get(&(epoch, ballot)) {
-            Some(prev) if *prev != ops => self.fail(format!(
+        // Called after every step of every node: copy the value only the
+        // first time a ballot is seen.
+        let verdict = match self.ballots.get(&(epoch, ballot)) {
+            Some(prev) if prev.as_slice() == ops => return,
+            Some(prev) => Err(format!(
                 "ballot {ballot:#x} of epoch {epoch} carried two values: {prev:?} and {ops:?}"
             )),
-            Some(_) => {}
-            None => {
+            None => Ok(ops.to_vec()),
+        };
+        match verdict {
+            Ok(ops) => {
                 self.ballots.insert((epoch, ballot), ops);
             }
+            Err(why) => self.fail(why),
         }
     }
 
