@@ -209,6 +209,7 @@ pub fn proto_config(cfg: &Config, plan: &Plan, key: Vec<u8>) -> xnlb_proto::Conf
         heartbeat_interval_ns: cfg.heartbeat_interval_ms * 1_000_000,
         dead_after_ns: cfg.dead_after_ms * 1_000_000,
         drain_timeout_ns: cfg.drain_timeout_s * 1_000_000_000,
+        hold_cap_ns: xnlb_proto::quorum::HOLD_CAP_NS,
         failback: cfg.failback,
         key,
         fingerprint: plan.fingerprint,

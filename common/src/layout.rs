@@ -6,7 +6,7 @@
 
 /// Version of this layout; stored in the pinned control map so a new agent
 /// can tell whether it may adopt the maps a previous agent left pinned.
-pub const LAYOUT_VERSION: u64 = 2;
+pub const LAYOUT_VERSION: u64 = 3;
 
 /// Where the agent pins the program, its link and its maps (bpffs).
 pub const PIN_DIR: &str = "/sys/fs/bpf/xnlb";
@@ -83,16 +83,22 @@ pub mod slot_state {
 pub mod ctrl {
     /// Which of the two tables is live (0 or 1).
     pub const ACTIVE: u32 = 0;
-    /// Lease deadline in CLOCK_MONOTONIC nanoseconds, compared with the
-    /// coarse clock (`bpf_ktime_get_coarse_ns`, up to one tick behind); past
-    /// it every VIP packet is dropped as fenced.
+    /// Lease deadline in CLOCK_BOOTTIME nanoseconds, read precisely
+    /// (`bpf_ktime_get_boot_ns`); past it no VIP packet is accepted as new
+    /// (fenced), and only held delivery ([`HOLD`]) goes on.
     pub const LEASE: u32 = 1;
     /// MAC of the attached interface in the low 6 bytes (wire order).
     pub const IFMAC: u32 = 2;
     /// [`super::LAYOUT_VERSION`] of whoever created the maps.
     pub const VERSION: u32 = 3;
+    /// Held-delivery deadline (CLOCK_BOOTTIME ns): past the lease but
+    /// before this, the node still passes non-SYN TCP of connections its
+    /// own kernel holds, in slots it does not mark `NOT_OWNED` (S6); every
+    /// other node drops them. Set with each lease extension, never by a
+    /// revocation, and kept across agent restarts.
+    pub const HOLD: u32 = 4;
     /// Number of control words.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Rule and VIP modes (DESIGN 2).

@@ -15,6 +15,37 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
+/// Where this node stands against its lease, for a packet it would
+/// otherwise accept.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Lease valid: serve as the slot state says.
+    Serving,
+    /// Past the lease, before the held-delivery deadline: accept nothing
+    /// new, deliver only connections this kernel holds (S6).
+    Holding,
+    /// Past both: drop (S3).
+    Fenced,
+}
+
+/// This node's [`Standing`], from one precise clock read (see
+/// [`lease_valid`] for why this clock).
+#[inline(always)]
+pub fn standing() -> Standing {
+    let (Some(lease), Some(hold)) = (XNLB_CTRL.get(ctrl::LEASE), XNLB_CTRL.get(ctrl::HOLD)) else {
+        return Standing::Fenced;
+    };
+    // SAFETY: a helper call with no arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if now < *lease {
+        Standing::Serving
+    } else if now < *hold {
+        Standing::Holding
+    } else {
+        Standing::Fenced
+    }
+}
+
 /// True while the agent's lease is valid (S3). The deadline is on
 /// CLOCK_BOOTTIME, read precisely: it keeps counting through suspend, so a
 /// node that wakes up after its peers took its buckets over is fenced at

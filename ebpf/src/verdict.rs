@@ -23,6 +23,11 @@
 //! under churn, and a handoff ends when the old owner holds no socket.
 //! OWNED and NOT_OWNED, the steady state, never look anything up. UDP has
 //! no connection to preserve, so it moves at once.
+//!
+//! Past the lease ([`decide_holding`]), in any slot but NOT_OWNED, only
+//! "TCP, socket here" is accepted, until the held-delivery deadline; the
+//! cluster keeps this node a previous owner of those slots for longer, so
+//! no other node accepts those connections (docs/SAFETY.md, S6).
 
 use aya_ebpf::bindings::{bpf_sock_tuple, BPF_F_CURRENT_NETNS};
 use aya_ebpf::helpers::{bpf_sk_release, bpf_skc_lookup_tcp};
@@ -91,6 +96,22 @@ fn held_here(f: &Frame, flow: &Flow, fam: u8) -> bool {
         let state = (*sk).state;
         bpf_sk_release(sk as *mut core::ffi::c_void);
         state < 32 && HELD_STATES & (1 << state) != 0
+    }
+}
+
+/// The verdict past the lease but within held delivery: a connection this
+/// node's kernel holds is still delivered (every other node drops it: the
+/// cluster keeps this node a previous owner of the slot for longer than
+/// this window, so the slot's owner looks its own sockets up); nothing
+/// new is accepted.
+#[inline(always)]
+pub fn decide_holding(f: &Frame, flow: &Flow, fam: u8) -> Decision {
+    let tcp = flow.proto == ipproto::TCP;
+    let syn = tcp && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if tcp && !syn && held_here(f, flow, fam) {
+        Decision::PassHeld
+    } else {
+        Decision::Drop
     }
 }
 

@@ -9,7 +9,7 @@ use xnlb_common::{
     Table, Vip, MAX_SLOTS, MAX_VIPS,
 };
 
-use crate::clock::{lease_valid, now};
+use crate::clock::{lease_valid, now, standing, Standing};
 use crate::drop_log::{why, Stats};
 use crate::l3::MAX_L4_OFF;
 use crate::packet::Frame;
@@ -131,17 +131,25 @@ impl VipPacket {
             write_probe_result(f, hash, slot);
         }
         let state = t.state[slot];
-        // Fail closed: a node past its lease accepts nothing (S3), not even
-        // a connection its kernel holds: it cannot know whether the new
-        // owner still looks connections up (a bucket handed on twice keeps
-        // only its latest previous owner). Its connections wait (TCP
-        // retransmits) until it rejoins and serves them as RELEASING. A
-        // slot it does not hold is dropped below without reading the
-        // clock, the common case on every node.
-        if state != slot_state::NOT_OWNED && !lease_valid() {
-            return stats.fenced();
-        }
-        match verdict::decide(f, state, &flow, self.family) {
+        // Fail closed: a node past its lease accepts nothing new (S3). For
+        // a while (held delivery) it still delivers the connections its own
+        // kernel holds: the cluster lists it as a previous owner of every
+        // slot it held for longer than that, so every other node drops
+        // them (S6). A slot it does not hold is dropped below without
+        // reading the clock, the common case on every node.
+        let decision = if state == slot_state::NOT_OWNED {
+            Decision::Drop
+        } else {
+            match standing() {
+                Standing::Serving => verdict::decide(f, state, &flow, self.family),
+                Standing::Holding => match verdict::decide_holding(f, &flow, self.family) {
+                    Decision::Drop => return stats.fenced(),
+                    d => d,
+                },
+                Standing::Fenced => return stats.fenced(),
+            }
+        };
+        match decision {
             Decision::Drop => {
                 stats.bump(counter::DROPPED_NOT_OWNER);
                 XDP_DROP

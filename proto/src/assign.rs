@@ -19,9 +19,13 @@
 //! * `Rebalance` replaces this with the canonical layout (contiguous ranges in
 //!   id order), the only operation that may move buckets between members that
 //!   stay (besides weight changes, whose targets shift).
-//! * A slot moving away from a member that still participates records it in
-//!   `prev`: that member keeps its tracked flows (`RELEASING`) until it reports
-//!   the handoff done; a failed member's slots move with no `prev`.
+//! * A slot moving away from a member whose host may still hold connections
+//!   in it (it participates, or it was fenced) adds it to the slot's `prev`
+//!   set: that member keeps the connections its kernel holds (`RELEASING`)
+//!   until it reports its sockets gone (or drain_timeout), and the owner
+//!   accepts only connections its own kernel holds (`ACQUIRING`) until the
+//!   set is empty. A set, not one id: a slot that moves again before the
+//!   first handoff ended keeps every earlier holder (S6).
 
 use crate::config::{Config, Role};
 use crate::wire::Op;
@@ -87,8 +91,10 @@ pub struct ClusterState {
     pub buckets: u32,
     /// Owner id per slot (0 = nobody): buckets, then single slots.
     pub owner: Vec<u8>,
-    /// Previous owner still handing the slot off (0 = none).
-    pub prev: Vec<u8>,
+    /// Previous owners still handing the slot off, ascending ids (empty:
+    /// none). The same for every node (replicated), so each holder knows to
+    /// keep its connections and the owner knows to look its own up.
+    pub prev: Vec<Vec<u8>>,
     /// Single-slot priority lists (from config).
     pub priorities: Vec<Vec<u8>>,
 }
@@ -114,7 +120,7 @@ impl ClusterState {
                 .collect(),
             buckets: cfg.buckets,
             owner: vec![0; slots],
-            prev: vec![0; slots],
+            prev: vec![Vec::new(); slots],
             priorities: cfg.single_slots.clone(),
         }
     }
@@ -129,6 +135,16 @@ impl ClusterState {
         let cfg = bincode::config::standard().with_limit::<{ 1 << 20 }>();
         let (s, used): (ClusterState, usize) = bincode::decode_from_slice(bytes, cfg).ok()?;
         (used == bytes.len() && s.owner.len() == s.prev.len()).then_some(s)
+    }
+
+    /// Whether `id` is a previous owner of any slot (its handoff is open).
+    pub fn is_prev(&self, id: u8) -> bool {
+        self.prev.iter().any(|p| p.contains(&id))
+    }
+
+    /// Whether any slot has a handoff open.
+    pub fn any_prev(&self) -> bool {
+        self.prev.iter().any(|p| !p.is_empty())
     }
 
     /// A short digest identifying this exact state: two nodes with equal
@@ -210,8 +226,8 @@ impl ClusterState {
                     }
                 }
                 Op::HandoffDone { id } => {
-                    for p in next.prev.iter_mut().filter(|p| **p == id) {
-                        *p = 0;
+                    for p in next.prev.iter_mut() {
+                        p.retain(|&h| h != id);
                     }
                     next.set_standing_if(id, Standing::Draining, Standing::Drained);
                     next.set_standing_if(id, Standing::Leaving, Standing::Left);
@@ -286,21 +302,22 @@ impl ClusterState {
             .is_some_and(|m| m.standing.participates() || m.standing == Standing::Fenced)
     }
 
-    /// Moves slot `s` to `new`, recording a handoff if the old owner may
-    /// still hold connections in it.
+    /// Moves slot `s` to `new`, adding the old owner to the slot's previous
+    /// owners if it may still hold connections in it. Earlier holders stay
+    /// (their connections are as alive as before this move); the new owner
+    /// leaves the set (as owner it accepts its own connections anyway).
     fn move_slot(&mut self, s: usize, new: u8) {
         let old = self.owner[s];
         if old == new {
             return;
         }
-        if old != 0 && self.may_hold_connections(old) {
-            self.prev[s] = old;
-        } else if self.prev[s] != 0 && !self.may_hold_connections(self.prev[s]) {
-            self.prev[s] = 0;
+        let mut prev = std::mem::take(&mut self.prev[s]);
+        if old != 0 && self.may_hold_connections(old) && !prev.contains(&old) {
+            prev.push(old);
         }
-        if self.prev[s] == new {
-            self.prev[s] = 0;
-        }
+        prev.retain(|&h| h != new && self.may_hold_connections(h));
+        prev.sort_unstable();
+        self.prev[s] = prev;
         self.owner[s] = new;
     }
 
@@ -466,10 +483,10 @@ mod tests {
         // Its host may still hold connections: the new owners acquire
         // (accept only what their own kernels hold) until it is done.
         for (b, _, _) in moved(&s, &after) {
-            assert_eq!(after.prev[b], 3, "bucket {b}");
+            assert_eq!(after.prev[b], [3], "bucket {b}");
         }
         let done = after.apply(&[Op::HandoffDone { id: 3 }]);
-        assert!(done.prev.iter().all(|&p| p == 0));
+        assert!(!done.any_prev());
         assert_eq!(done.member(3).map(|m| m.standing), Some(Standing::Fenced));
     }
 
@@ -483,7 +500,7 @@ mod tests {
         assert!(m.iter().all(|&(_, _, to)| to == 4));
         assert_eq!(m.len(), after.buckets_of(4));
         assert!(
-            m.iter().all(|&(b, from, _)| after.prev[b] == from),
+            m.iter().all(|&(b, from, _)| after.prev[b] == [from]),
             "graceful moves hand off"
         );
     }
@@ -545,7 +562,8 @@ mod tests {
         assert_eq!(&r.owner[..], &[1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]);
         for b in 0..12 {
             if s.owner[b] != r.owner[b] {
-                assert_eq!(r.prev[b], s.owner[b]);
+                // Joins before left holders of their own: they stay too.
+                assert!(r.prev[b].contains(&s.owner[b]), "bucket {b}");
             }
         }
     }
@@ -556,9 +574,9 @@ mod tests {
         let s = ClusterState::genesis(&c).apply(&(1..=3).map(admit).collect::<Vec<_>>());
         let d = s.apply(&[Op::Drain { id: 2 }]);
         assert_eq!(d.buckets_of(2), 0);
-        assert_eq!(d.prev.iter().filter(|&&p| p == 2).count(), 10);
+        assert_eq!(d.prev.iter().filter(|p| p.contains(&2)).count(), 10);
         let done = d.apply(&[Op::HandoffDone { id: 2 }]);
-        assert!(done.prev.iter().all(|&p| p == 0));
+        assert!(!done.any_prev());
         assert_eq!(done.member(2).map(|m| m.standing), Some(Standing::Drained));
     }
 
@@ -571,7 +589,46 @@ mod tests {
         assert_eq!(s.owner[9], 0);
         let f = s.apply(&[Op::Fence { id: 2 }]);
         assert_eq!(f.owner[8], 1);
-        assert_eq!(f.prev[8], 2, "the fenced member may still hold connections");
+        assert_eq!(
+            f.prev[8],
+            [2],
+            "the fenced member may still hold connections"
+        );
+    }
+
+    #[test]
+    fn a_slot_moved_twice_before_its_handoff_ended_keeps_every_earlier_holder() {
+        // 1 owns everything; 2 joins (1 -> 2 hands off), then 2 drains
+        // before 1 reported its sockets gone: both may hold connections.
+        let c = cfg(&[Role::Active; 2], 8);
+        let s = ClusterState::genesis(&c).apply(&[admit(1)]);
+        let joined = s.apply(&[admit(2)]);
+        let moved_to_2: Vec<usize> = (0..8).filter(|&b| joined.owner[b] == 2).collect();
+        assert!(!moved_to_2.is_empty());
+        let drained = joined.apply(&[Op::Drain { id: 2 }]);
+        for &b in &moved_to_2 {
+            assert_eq!(drained.owner[b], 1);
+            // 1 owns it again (its own connections are its own), 2 holds.
+            assert_eq!(drained.prev[b], [2], "bucket {b}");
+        }
+        // A third member takes them: 1 and 2 both keep theirs.
+        let c3 = cfg(&[Role::Active; 3], 8);
+        let s = ClusterState::genesis(&c3).apply(&[admit(1), admit(2)]);
+        let a = s.apply(&[Op::Fence { id: 2 }]);
+        let b = a.apply(&[admit(3)]);
+        let both: Vec<usize> = (0..8)
+            .filter(|&x| s.owner[x] == 2 && b.owner[x] == 3)
+            .collect();
+        assert!(!both.is_empty(), "some of 2's buckets went 2 -> 1 -> 3");
+        for &x in &both {
+            assert_eq!(b.prev[x], [1, 2], "bucket {x}");
+        }
+        let done = b.apply(&[Op::HandoffDone { id: 1 }]);
+        for &x in &both {
+            assert_eq!(done.prev[x], [2], "bucket {x}: only 1 reported done");
+        }
+        let done = done.apply(&[Op::HandoffDone { id: 2 }]);
+        assert!(!done.any_prev());
     }
 
     #[test]

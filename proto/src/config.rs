@@ -74,6 +74,12 @@ pub struct Config {
     pub dead_after_ns: u64,
     /// Longest a handoff keeps tracked connections on the old owner.
     pub drain_timeout_ns: u64,
+    /// Cap on held delivery past a lease, and floor on how long a fenced
+    /// member stays a previous owner ([`crate::quorum::hold_ns`]). Not an
+    /// operator setting: it must be the same on every node, so the agent
+    /// always uses [`crate::quorum::HOLD_CAP_NS`]; the simulator shortens
+    /// it to fit its runs.
+    pub hold_cap_ns: u64,
     /// What this node does when it returns after a failure.
     pub failback: Failback,
     /// HMAC-SHA256 key shared by the cluster.
@@ -95,6 +101,8 @@ impl Config {
             heartbeat_interval_ns: 50 * MS,
             dead_after_ns: 250 * MS,
             drain_timeout_ns: 300_000 * MS,
+            hold_cap_ns: crate::quorum::HOLD_CAP_NS,
+
             failback: Failback::Auto,
             key: b"xnlb test key, not for production".to_vec(),
             fingerprint: [0; 32],

@@ -67,6 +67,35 @@ pub fn lease_ns(dead_after_ns: u64) -> u64 {
     (bound - margin.min(bound)) as u64
 }
 
+/// Longest a node keeps delivering, past its lease, the connections its own
+/// kernel already holds (and how long, at least, the cluster keeps a fenced
+/// member as a previous owner of its slots).
+pub const HOLD_CAP_NS: u64 = 30_000_000_000;
+
+/// How long after its lease ends a node may still deliver packets of
+/// connections its kernel holds ("held delivery", S6), on its own clock.
+///
+/// Every other node drops those packets only while the node is listed as a
+/// previous owner of the slot, so the slot's owner looks its own sockets up
+/// instead of passing everything (`ACQUIRING`). A fenced member is listed
+/// until its handoff is ended by a coordinator at least
+/// [`orphan_timeout_ns`] after it installed the fence, and the fence is
+/// committed only after the member's lease ended (the bound above). Hence
+/// `hold` must be below `orphan_timeout` in real time on any pair of
+/// clocks: with both derived from [`HOLD_CAP_NS`] and 1/16 taken off, that
+/// holds for any two nodes' `drain_timeout`, which need not agree (the cap
+/// is the same everywhere: [`crate::config::Config::hold_cap_ns`]).
+pub fn hold_ns(drain_timeout_ns: u64, cap_ns: u64) -> u64 {
+    drain_timeout_ns.min(cap_ns) / 16 * 15
+}
+
+/// How long a coordinator keeps a fenced member as a previous owner before
+/// it ends the member's handoff (the member's host is then presumed gone):
+/// never shorter than any member's [`hold_ns`].
+pub fn orphan_timeout_ns(drain_timeout_ns: u64, cap_ns: u64) -> u64 {
+    drain_timeout_ns.max(cap_ns)
+}
+
 /// Votes needed: more than half of all configured voters.
 pub fn needed(voters: usize) -> usize {
     voters / 2 + 1
@@ -135,5 +164,25 @@ mod tests {
             assert!(l / (1.0 - e) < dead as f64 / (1.0 + e));
         }
         assert_eq!(lease_ns(250_000_000), 240_049_504);
+    }
+
+    #[test]
+    fn held_delivery_ends_before_any_coordinator_forgets_the_holder() {
+        let e = MAX_CLOCK_SKEW_PPM as f64 / 1e6;
+        let s = 1_000_000_000u64;
+        for mine in [0, s, 2 * s, 29 * s, 30 * s, 300 * s, 86_400 * s] {
+            for theirs in [0, s, 30 * s, 300 * s] {
+                // Slowest-looking hold on a slow clock vs the earliest a
+                // coordinator on a fast clock ends the handoff.
+                let hold_real = hold_ns(mine, HOLD_CAP_NS) as f64 / (1.0 - e);
+                let forget_real = orphan_timeout_ns(theirs, HOLD_CAP_NS) as f64 / (1.0 + e);
+                assert!(hold_real < forget_real, "{mine} vs {theirs}");
+            }
+        }
+        assert_eq!(
+            hold_ns(0, HOLD_CAP_NS),
+            0,
+            "drain_timeout 0: no held delivery"
+        );
     }
 }

@@ -19,8 +19,10 @@ use bincode::{Decode, Encode};
 pub const MAGIC: [u8; 2] = *b"XN";
 /// Wire version; a node drops datagrams of any other version. Version 2
 /// added the voucher's promise horizon and the installed flag to heartbeats
-/// and the requester's digest to sync requests.
-pub const VERSION: u8 = 2;
+/// and the requester's digest to sync requests. Version 3: a slot's
+/// previous owners are a set (snapshots carry every holder).
+pub const VERSION: u8 = 3;
+
 /// Largest datagram the protocol sends (fits a 1500-byte MTU with headroom
 /// for IPv6, UDP and tunnels).
 pub const MAX_DATAGRAM: usize = 1400;

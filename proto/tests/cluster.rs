@@ -106,7 +106,7 @@ impl Cluster {
                             self.states[i] = states;
                         }
                     }
-                    Action::Lease { until } => self.leases[i] = until.0,
+                    Action::Lease { until, .. } => self.leases[i] = until.0,
                     Action::Persist { seq, state } => {
                         if !self.disk_broken[i] {
                             self.saved[i] = Some(state);

@@ -577,11 +577,50 @@ fn handed_over_buckets_follow_the_kernels_socket_table() {
         assert_eq!(fx.run(&pkt(d, ACK)).action, PASS, "now held here");
         assert_eq!(fx.run(&udp).action, PASS, "UDP is the acquirer's at once");
 
-        // Fenced (lease gone): nothing, not even a held connection; it
-        // waits for the node to rejoin.
+        // Past the lease, within held delivery: only connections this
+        // kernel holds, in any slot it does not mark NOT_OWNED; nothing new.
+        let now = xnlb::dataplane::boottime_ns();
+        fx.dp.set_hold(now + 10_000_000_000).expect("hold");
+        fx.dp.set_lease(0).expect("lease");
+        for state in [
+            slot_state::OWNED,
+            slot_state::ACQUIRING,
+            slot_state::RELEASING,
+        ] {
+            t.state[slot] = state;
+            fx.dp.install(&t).expect("install");
+            let before = fx.counters();
+            assert_eq!(
+                fx.run(&pkt(d, ACK)).action,
+                PASS,
+                "held connection, state {state}"
+            );
+            assert_eq!(delta(&before, &fx.counters(), counter::PASSED_HELD), 1);
+            assert_eq!(
+                fx.run(&pkt(b, SYN)).action,
+                DROP,
+                "no new connection, state {state}"
+            );
+            assert_eq!(
+                fx.run(&pkt(b, ACK)).action,
+                DROP,
+                "not held here, state {state}"
+            );
+            assert_eq!(fx.run(&udp).action, DROP, "no UDP, state {state}");
+            assert_eq!(
+                delta(&before, &fx.counters(), counter::DROPPED_FENCED),
+                3,
+                "state {state}"
+            );
+        }
+        t.state[slot] = slot_state::NOT_OWNED;
+        fx.dp.install(&t).expect("install");
+        assert_eq!(fx.run(&pkt(d, ACK)).action, DROP, "a slot it let go of");
+
+        // Past the hold too: nothing at all (S3).
         t.state[slot] = slot_state::RELEASING;
         fx.dp.install(&t).expect("install");
-        fx.dp.set_lease(0).expect("lease");
+        fx.dp.set_hold(now).expect("hold");
         let before = fx.counters();
         assert_eq!(fx.run(&pkt(d, ACK)).action, DROP, "fail closed");
         assert_eq!(delta(&before, &fx.counters(), counter::DROPPED_FENCED), 1);

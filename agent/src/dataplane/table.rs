@@ -178,6 +178,12 @@ impl Dataplane {
         self.ctrl_set(ctrl::LEASE, deadline_ns)
     }
 
+    /// Sets the held-delivery deadline (same clock as the lease; see
+    /// [`xnlb_common::ctrl::HOLD`]). Only a lease extension moves it.
+    pub fn set_hold(&mut self, deadline_ns: u64) -> Result<(), DataplaneError> {
+        self.ctrl_set(ctrl::HOLD, deadline_ns)
+    }
+
     /// Tells the program the interface MAC that replaces the cluster MAC.
     pub fn set_if_mac(&mut self, mac: [u8; 6]) -> Result<(), DataplaneError> {
         let mut w = [0u8; 8];

@@ -108,7 +108,7 @@ impl Dependencies {
 }
 
 /// Now on the clock the core and the data plane share.
-fn now() -> Time {
+pub(super) fn now() -> Time {
     Time(boottime_ns())
 }
 

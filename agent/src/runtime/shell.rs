@@ -150,8 +150,13 @@ impl Shell {
                 states,
                 singles,
             } => self.install(epoch, &states, &singles),
-            Action::Lease { until } => {
+            Action::Lease { until, hold } => {
                 if let Some(dp) = &mut self.dp {
+                    if let Some(hold) = hold {
+                        if let Err(e) = dp.set_hold(hold.0) {
+                            error!("extending held delivery: {e}");
+                        }
+                    }
                     if let Err(e) = dp.set_lease(until.0) {
                         error!("extending the lease: {e}");
                     }

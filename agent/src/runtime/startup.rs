@@ -6,7 +6,7 @@
 
 use tokio::net::UnixListener;
 use tracing::{info, warn};
-use xnlb_common::Table;
+use xnlb_common::{Table, MAX_BUCKETS};
 use xnlb_proto::Node;
 
 use super::persistence::restore_node;
@@ -49,7 +49,7 @@ pub(super) fn start(cfg: Config, deps: &Dependencies) -> Result<Started, RunErro
     let lock = NodeLock::acquire(&cfg.state_dir, cfg.node_id)?;
     let key = crate::key::load(&cfg.key_file)?;
     let plan = plan(&cfg);
-    let node = restore_node(&cfg, proto_config(&cfg, &plan, key.clone()))?;
+    let mut node = restore_node(&cfg, proto_config(&cfg, &plan, key.clone()))?;
     let heartbeat = bind_heartbeat(&cfg)?;
     let control = bind_control(&cfg)?;
     info!(
@@ -61,10 +61,22 @@ pub(super) fn start(cfg: Config, deps: &Dependencies) -> Result<Started, RunErro
         cfg.vips.len(),
         cfg.buckets
     );
-    let dataplane = match cfg.role {
+    let mut dataplane = match cfg.role {
         Role::Witness => None,
         Role::Active | Role::Standby => (deps.dataplane)(&cfg, &plan)?,
     };
+    if let Some((dp, _)) = &mut dataplane {
+        // The table a previous agent left live keeps serving the
+        // connections it holds while this one rejoins (S6).
+        let live = dp.current_table()?;
+        let buckets = cfg.buckets as usize;
+        let singles = plan.single_slots.len();
+        node.adopt_dataplane(
+            super::now(),
+            &live.state[..buckets],
+            &live.state[MAX_BUCKETS as usize..MAX_BUCKETS as usize + singles],
+        );
+    }
     let host = (deps.host)(&cfg)?;
     let parts = ShellParts {
         cfg,

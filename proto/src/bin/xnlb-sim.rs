@@ -48,9 +48,16 @@ fn main() -> ExitCode {
     let first = arg(&args, "--first").unwrap_or(0);
     let start = Instant::now();
     let mut failed = 0;
+    let (mut opened, mut cut, mut stalled) = (0, 0, 0);
     for seed in first..first + seeds {
         let k = nodes.unwrap_or_else(|| seed_nodes(seed));
-        if let Err(e) = run_seed(seed, k) {
+        let outcome = run_seed(seed, k);
+        if let Ok(o) = &outcome {
+            opened += o.conns_opened;
+            cut += o.conns_cut;
+            stalled += o.stalled_sweeps;
+        }
+        if let Err(e) = outcome {
             failed += 1;
             println!("FAILED seed {seed} nodes {k}: {e}");
             println!("  replay: cargo xtask sim --seed {seed} --nodes {k}");
@@ -60,7 +67,8 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "{seeds} seeds, {failed} failed, {:.1}s",
+        "{seeds} seeds, {failed} failed, {:.1}s; socket model: {opened} connections, \
+         {cut} ended by the cluster after their windows, {stalled} sweeps saw a stall",
         start.elapsed().as_secs_f64()
     );
     if failed == 0 {

@@ -343,7 +343,7 @@ impl Node {
         if epoch != from + 1 {
             // A snapshot across a gap or a repair: our table was built for
             // epochs (or a state) the cluster left behind.
-            self.distrust_dataplane();
+            self.distrust_dataplane(now);
         }
         self.refresh_dataplane(now);
         // Tell everyone at once: their barriers wait for our confirmation.
@@ -381,9 +381,24 @@ pub(super) fn state_fits(s: &ClusterState, cfg: &Config) -> Result<(), String> {
         return Err(format!("member {} has weight {}", m.id, m.weight));
     }
     let known = |id: u8| id == 0 || s.members.iter().any(|m| m.id == id);
-    if let Some(id) = s.owner.iter().chain(&s.prev).find(|&&id| !known(id)) {
+    if let Some(id) = s
+        .owner
+        .iter()
+        .chain(s.prev.iter().flatten())
+        .find(|&&id| !known(id))
+    {
         return Err(format!("a slot names unknown member {id}"));
     }
+    if let Some(p) = s
+        .prev
+        .iter()
+        .find(|p| p.contains(&0) || p.windows(2).any(|w| w[0] >= w[1]))
+    {
+        return Err(format!(
+            "a slot's previous owners {p:?} are not ascending ids"
+        ));
+    }
+
     Ok(())
 }
 

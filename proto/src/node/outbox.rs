@@ -61,6 +61,11 @@ pub enum Action {
     Lease {
         /// Deadline on the node's clock ([`Time`]).
         until: Time,
+        /// New held-delivery deadline (the data plane may still deliver
+        /// connections its kernel holds until then, see
+        /// [`crate::quorum::hold_ns`]); `None`: keep the one it has (a
+        /// revocation never shortens nor extends it).
+        hold: Option<Time>,
     },
     /// Write these bytes durably (fsync), then report the outcome with
     /// [`Node::persisted`]; pass them to [`Node::restore`] after a restart.
@@ -172,11 +177,17 @@ impl Outbox {
             .any(|a| matches!(a, Action::Persist { .. }))
     }
 
+    /// Drops queued table installs (a later one replaces them).
+    pub(crate) fn drop_installs(&mut self) {
+        self.actions
+            .retain(|a| !matches!(a, Action::Install { .. }));
+    }
+
     /// Drops queued lease extensions (not revocations): after a failed
     /// install they must not reach a data plane holding the old map.
     pub(crate) fn drop_lease_extensions(&mut self) {
         self.actions
-            .retain(|a| !matches!(a, Action::Lease { until } if until.0 > 0));
+            .retain(|a| !matches!(a, Action::Lease { until, .. } if until.0 > 0));
     }
 
     /// Drops the datagrams queued so far.

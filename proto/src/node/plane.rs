@@ -31,6 +31,10 @@ pub(crate) struct Plane {
     pub(crate) flows_remaining: Option<u64>,
     /// Highest epoch whose handoff this node finished.
     pub(crate) handoff_done: u64,
+    /// The handoff of this epoch timed out with connections left: its
+    /// releasing slots stay dropped (the connections are cut here before
+    /// the report lets the owner pass everything, never after).
+    pub(crate) cut_epoch: u64,
     /// The data plane holds our installed state (false after a failed
     /// install, until a retry succeeds).
     pub(crate) installed: bool,
@@ -47,6 +51,7 @@ impl Plane {
             releasing_since: None,
             flows_remaining: None,
             handoff_done: 0,
+            cut_epoch: 0,
             installed: true,
             lease_emitted: Time(0),
         }
@@ -73,22 +78,28 @@ impl Plane {
         let current = self.dp.as_ref();
         let mut next = Vec::with_capacity(state.owner.len());
         for s in 0..state.owner.len() {
+            let holds = state.prev[s].contains(&id);
             let desired = if !participating {
-                if state.prev[s] == id && !stopped {
+                if holds && !stopped {
                     RELEASING
                 } else {
                     NOT_OWNED
                 }
             } else if state.owner[s] == id {
-                if state.prev[s] != 0 {
-                    ACQUIRING
-                } else {
+                if state.prev[s].is_empty() {
                     OWNED
+                } else {
+                    ACQUIRING
                 }
-            } else if state.prev[s] == id {
+            } else if holds {
                 RELEASING
             } else {
                 NOT_OWNED
+            };
+            let desired = if desired == RELEASING && self.cut_epoch >= state.epoch {
+                NOT_OWNED
+            } else {
+                desired
             };
             let cur = current.map_or(NOT_OWNED, |c| c[s]);
             next.push(if self.barrier_passed {
@@ -113,7 +124,11 @@ impl Plane {
             .any(|(n, c)| *n == RELEASING && *c != RELEASING)
             || (current.is_none() && releasing);
         if newly_releasing {
+            // Slots that begin releasing now get the whole drain_timeout
+            // (a second change during an open handoff must not time its
+            // connections out at once).
             self.flows_remaining = None;
+            self.releasing_since = Some(now);
         }
         let install = Action::Install {
             epoch: state.epoch,
@@ -127,13 +142,39 @@ impl Plane {
         Some(install)
     }
 
+    /// Takes the table a previous agent left live in the data plane as the
+    /// baseline, demoted like [`Self::distrust`]: its connections keep
+    /// being served (`RELEASING`) while this incarnation rejoins, and no
+    /// slot accepts new flows before the barrier.
+    fn adopt(&mut self, live: Vec<u8>, epoch: u64, buckets: usize) -> Action {
+        let demoted: Vec<u8> = live
+            .into_iter()
+            .map(|s| {
+                if s == OWNED || s == ACQUIRING {
+                    RELEASING
+                } else {
+                    s
+                }
+            })
+            .collect();
+        let install = Action::Install {
+            epoch,
+            states: demoted[..buckets].to_vec(),
+            singles: demoted[buckets..].to_vec(),
+        };
+        self.dp = Some(demoted);
+        self.flows_remaining = None;
+        self.releasing_since = None;
+        install
+    }
+
     /// Stops trusting the table handed over as a baseline: after a state was
     /// adopted whole across a gap (a snapshot skipping epochs, or a repair),
     /// slots that accept new flows in it may have belonged to others in the
     /// epochs we never installed, and `limit` would let them keep accepting
     /// before the barrier. They only keep their tracked flows (`RELEASING`)
     /// until the barrier of the adopted epoch passes.
-    fn distrust(&mut self, epoch: u64, buckets: usize) -> Option<Action> {
+    fn distrust(&mut self, now: Time, epoch: u64, buckets: usize) -> Option<Action> {
         let dp = self.dp.as_mut()?;
         let mut demoted = false;
         for s in dp.iter_mut().filter(|s| **s == OWNED || **s == ACQUIRING) {
@@ -143,7 +184,9 @@ impl Plane {
         if !demoted {
             return None;
         }
+        // What is demoted now begins releasing now (its whole drain_timeout).
         self.flows_remaining = None;
+        self.releasing_since = Some(now);
         Some(Action::Install {
             epoch,
             states: dp[..buckets].to_vec(),
@@ -157,17 +200,24 @@ impl Plane {
             return None;
         }
         self.lease_emitted = Time(0);
-        Some(Action::Lease { until: Time(0) })
+        Some(Action::Lease {
+            until: Time(0),
+            hold: None,
+        })
     }
 
     /// Extends the lease to `until` if that is worth a write (more than a
-    /// quarter heartbeat later than the last one).
-    fn extend(&mut self, until: Time, interval: u64) -> Option<Action> {
+    /// quarter heartbeat later than the last one), and the held-delivery
+    /// deadline `hold` after it.
+    fn extend(&mut self, until: Time, interval: u64, hold: u64) -> Option<Action> {
         if until <= self.lease_emitted + interval / 4 {
             return None;
         }
         self.lease_emitted = until;
-        Some(Action::Lease { until })
+        Some(Action::Lease {
+            until,
+            hold: Some(until + hold),
+        })
     }
 
     /// When the handoff of `epoch` times out, if it is open.
@@ -179,7 +229,10 @@ impl Plane {
     }
 
     /// Ends the handoff of `epoch` when the releasing slots' flows are gone
-    /// or `timeout` has passed since they began releasing.
+    /// or `timeout` has passed since they began releasing. A timed-out
+    /// handoff first cuts what is left (`cut_epoch`; the caller reinstalls)
+    /// so this node has stopped passing those connections before its
+    /// report lets the new owners pass everything.
     fn handoff(&mut self, now: Time, epoch: u64, timeout: u64) -> Option<Report> {
         let Some(since) = self.releasing_since else {
             if self.handoff_done < epoch {
@@ -196,6 +249,9 @@ impl Plane {
             return None;
         }
         self.handoff_done = epoch;
+        if !flows_done {
+            self.cut_epoch = epoch;
+        }
         Some(Report::HandoffDone {
             epoch,
             timed_out: !flows_done,
@@ -227,10 +283,10 @@ impl Node {
     }
 
     /// A state was adopted across a gap: see [`Plane::distrust`].
-    pub(super) fn distrust_dataplane(&mut self) {
+    pub(super) fn distrust_dataplane(&mut self, now: Time) {
         let demote = self
             .plane
-            .distrust(self.state.epoch, self.cfg.buckets as usize);
+            .distrust(now, self.state.epoch, self.cfg.buckets as usize);
         self.outbox.push_action(demote);
     }
 
@@ -264,7 +320,12 @@ impl Node {
         let Some(t) = quorum::lease_end(ends, quorum::needed(self.voters)) else {
             return;
         };
-        let extend = self.plane.extend(Time(t), self.cfg.heartbeat_interval_ns);
+        let extend = self.plane.extend(
+            Time(t),
+            self.cfg.heartbeat_interval_ns,
+            quorum::hold_ns(self.cfg.drain_timeout_ns, self.cfg.hold_cap_ns),
+        );
+
         self.outbox.push_action(extend);
     }
 
@@ -275,7 +336,33 @@ impl Node {
             .drain_timeout_override
             .unwrap_or(self.cfg.drain_timeout_ns);
         let done = self.plane.handoff(now, self.state.epoch, timeout);
+        if matches!(
+            done,
+            Some(Report::HandoffDone {
+                timed_out: true,
+                ..
+            })
+        ) {
+            self.refresh_dataplane(now);
+        }
         self.outbox.push_report(done);
+    }
+
+    /// Takes the table a previous agent left live in the data plane (see
+    /// [`Plane::adopt`]) instead of starting from an empty one. Call right
+    /// after [`Node::new`] or [`Node::restore`], before polling anything.
+    pub fn adopt_dataplane(&mut self, now: Time, states: &[u8], singles: &[u8]) {
+        let mut live = states.to_vec();
+        live.extend_from_slice(singles);
+        if live.len() != self.state.owner.len() {
+            return; // another layout: start from nothing, as before
+        }
+        self.outbox.drop_installs();
+        let demoted = self
+            .plane
+            .adopt(live, self.state.epoch, self.cfg.buckets as usize);
+        self.outbox.push_action(demoted);
+        self.refresh_dataplane(now);
     }
 }
 
@@ -305,7 +392,7 @@ mod tests {
         plane.dp = Some(vec![OWNED, ACQUIRING, RELEASING, NOT_OWNED, OWNED]);
         let Some(Action::Install {
             states, singles, ..
-        }) = plane.distrust(9, 4)
+        }) = plane.distrust(Time(5), 9, 4)
         else {
             panic!("the demoted table must be installed");
         };
@@ -314,6 +401,9 @@ mod tests {
         // Without the barrier, nothing regains acceptance from there.
         assert_eq!(limit(RELEASING, OWNED), RELEASING);
         assert_eq!(limit(RELEASING, ACQUIRING), RELEASING);
-        assert!(plane.distrust(9, 4).is_none(), "nothing left to demote");
+        assert!(
+            plane.distrust(Time(6), 9, 4).is_none(),
+            "nothing left to demote"
+        );
     }
 }

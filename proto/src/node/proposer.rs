@@ -126,7 +126,7 @@ impl Proposer {
         let orphans: Vec<u8> = state
             .members
             .iter()
-            .filter(|m| !m.standing.participates() && state.prev.contains(&m.id))
+            .filter(|m| !m.standing.participates() && state.is_prev(m.id))
             .map(|m| m.id)
             .collect();
         self.orphans.retain(|(id, _)| orphans.contains(id));
@@ -458,10 +458,12 @@ impl Node {
                     weight: v.weight,
                     drained: v.wish == Wish::Drained,
                 });
-            } else if self.state.prev.contains(&m.id)
-                && self
-                    .proposer
-                    .orphan_expired(m.id, now, self.cfg.drain_timeout_ns)
+            } else if self.state.is_prev(m.id)
+                && self.proposer.orphan_expired(
+                    m.id,
+                    now,
+                    quorum::orphan_timeout_ns(self.cfg.drain_timeout_ns, self.cfg.hold_cap_ns),
+                )
             {
                 // A fenced member that did not come back: its host is
                 // presumed gone with its connections after drain_timeout.
@@ -477,7 +479,7 @@ impl Node {
             }
             _ => None,
         };
-        let has_prev = self.state.prev.contains(&m.id);
+        let has_prev = self.state.is_prev(m.id);
         let handing = matches!(m.standing, Standing::Draining | Standing::Leaving);
         if let Some(op) = standing_op {
             // One standing change per member per epoch: a handoff may only

@@ -212,7 +212,8 @@ impl Node {
                 .state
                 .prev
                 .iter()
-                .all(|&p| p == 0 || !self.state.participates(p))
+                .flatten()
+                .all(|&p| !self.state.participates(p))
             && self.confirmed_by_all(|_| true)
     }
 

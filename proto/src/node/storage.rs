@@ -23,8 +23,9 @@ use super::Node;
 
 /// Version of the persisted record. Version 2 added `max_round` (a restarted
 /// proposer never reuses a ballot) and `max_horizon` (a restarted acceptor
-/// keeps every promise it advertised).
-const PERSIST_VERSION: u32 = 2;
+/// keeps every promise it advertised). Version 3: a slot's previous owners
+/// are a set.
+const PERSIST_VERSION: u32 = 3;
 
 /// Length of the checksum that ends a persisted state.
 const CHECKSUM_LEN: usize = 8;

@@ -124,7 +124,7 @@ pub fn steady(w: &World, exclude: &[usize]) -> Result<(), String> {
             }
         }
     }
-    if st.prev.iter().any(|&p| p != 0) {
+    if st.any_prev() {
         return Err("handoffs still open".into());
     }
     let serving = st.serving();
@@ -285,7 +285,7 @@ mod tests {
                 .collect(),
             buckets: owner.len() as u32,
             owner: owner.to_vec(),
-            prev: vec![0; owner.len()],
+            prev: vec![Vec::new(); owner.len()],
             priorities: Vec::new(),
         }
     }

@@ -144,7 +144,10 @@ impl World {
                             n.resume(now);
                             self.nodes[i].drained_by_operator = false;
                         }
-                        Action::Stop(_) => n.stop(now),
+                        Action::Stop(_) => {
+                            n.stop(now);
+                            self.nodes[i].stop_requested = true;
+                        }
                         _ => n.rebalance(now),
                     }
                 }

@@ -30,10 +30,12 @@ mod faults;
 pub mod net;
 mod process;
 mod scenario;
+mod sockets;
 
 pub use faults::Action;
 pub use process::SimNode;
 pub use scenario::Scenario;
+pub use sockets::{Conn, Sockets};
 
 use crate::assign::ClusterState;
 use crate::config::Config;
@@ -71,6 +73,8 @@ pub struct World {
     pub max_horizon_seen: u64,
     /// Value of every phase-2 proposal seen, by (epoch, ballot).
     pub ballots: std::collections::HashMap<(u64, u64), Vec<crate::wire::Op>>,
+    /// Every node's kernel socket table (S6).
+    pub sockets: Sockets,
     /// Print every event (XNLB_SIM_TRACE=1).
     pub trace: bool,
     /// Also print lease extensions (XNLB_SIM_TRACE=2).
@@ -106,6 +110,7 @@ impl World {
                 stopped: false,
                 dp: vec![0; slots],
                 lease: 0,
+                hold: 0,
                 wake: None,
                 inbox: Vec::new(),
                 flows_at: None,
@@ -117,6 +122,7 @@ impl World {
                 corrupt: false,
                 dead_after_ns: None,
                 durable: 0,
+                stop_requested: false,
             });
         }
         let mut w = World {
@@ -133,6 +139,7 @@ impl World {
             max_horizon_seen: 0,
             corrupt_scheduled: false,
             steps: 0,
+            sockets: Sockets::default(),
             trace: std::env::var("XNLB_SIM_TRACE").is_ok_and(|v| v != "0"),
             trace_lease: std::env::var("XNLB_SIM_TRACE").is_ok_and(|v| v == "2"),
             trace_msgs: std::env::var("XNLB_SIM_TRACE").is_ok_and(|v| v == "3"),
@@ -199,6 +206,7 @@ impl World {
         if let Some(Reverse(f)) = self.net.queue.peek() {
             consider(f.at, 1, 0);
         }
+        consider(self.sockets.next_sweep, 6, 0);
         for (i, n) in self.nodes.iter().enumerate() {
             if let Some(f) = n.frozen_until {
                 consider(f, 2, i);
@@ -243,14 +251,8 @@ impl World {
             }
             3 => self.timeout(i),
             5 => self.finish_write(i),
-            _ => {
-                self.nodes[i].flows_at = None;
-                let now = Time(self.local(i, self.now));
-                if let Some(n) = self.nodes[i].node.as_mut() {
-                    n.report_tracked_flows(now, 0);
-                }
-                self.drive(i);
-            }
+            6 => self.sweep_sockets(),
+            _ => self.report_sockets(i),
         }
         true
     }
@@ -347,6 +349,12 @@ pub struct Outcome {
     pub steps: u64,
     /// Crash-to-all-buckets-served time of the clean crash (ns).
     pub failover_ns: Option<u64>,
+    /// Connections opened in the socket model.
+    pub conns_opened: u64,
+    /// Connections ended other than by their clients (windows ran out).
+    pub conns_cut: u64,
+    /// Sweeps that found a connection its holder did not pass (a stall).
+    pub stalled_sweeps: u64,
 }
 
 /// Runs one seed end to end: chaos, calm, convergence, then a clean crash
@@ -368,6 +376,9 @@ pub fn run_scenario(sc: Scenario) -> Result<Outcome, String> {
     Ok(Outcome {
         steps: w.steps,
         failover_ns,
+        conns_opened: w.sockets.opened,
+        conns_cut: w.sockets.cut,
+        stalled_sweeps: w.sockets.stalled_sweeps,
     })
 }
 

@@ -33,11 +33,14 @@ pub struct SimNode {
     pub dp: Vec<u8>,
     /// Data plane: lease deadline on the local clock.
     pub lease: u64,
+    /// Data plane: held-delivery deadline on the local clock.
+    pub hold: u64,
     /// Next `handle_timeout` (real).
     pub wake: Option<u64>,
     /// Datagrams that arrived while frozen.
     pub inbox: Vec<Flight>,
-    /// When the data plane reports its releasing flows finished (real).
+    /// When the agent next reports the connections its kernel holds in
+    /// releasing slots (real).
     pub flows_at: Option<u64>,
     /// Wants to be drained (operator).
     pub drained_by_operator: bool,
@@ -56,6 +59,9 @@ pub struct SimNode {
     pub dead_after_ns: Option<u64>,
     /// Highest write that landed for the running process.
     pub durable: u64,
+    /// The operator stopped this node (leave at once: its connections may
+    /// be cut).
+    pub stop_requested: bool,
 }
 
 impl World {
@@ -92,8 +98,15 @@ impl World {
             None => Node::new(cfg, now, sn.incarnation),
         };
         match node {
-            Ok(node) => {
+            Ok(mut node) => {
+                // The data plane outlives the agent: the new one takes the
+                // live table over, as the real agent does at start.
+                let buckets = self.scenario.buckets as usize;
+                if sn.dp.iter().any(|&s| s != 0) {
+                    node.adopt_dataplane(now, &sn.dp[..buckets], &sn.dp[buckets..]);
+                }
                 sn.incarnation = node.incarnation();
+
                 sn.durable = 0;
                 sn.node = Some(node);
                 sn.stopped = false;
@@ -125,7 +138,7 @@ impl World {
                         states.iter().filter(|&&s| s == ACQUIRING).count(),
                         singles
                     ),
-                    NodeAction::Lease { until } => {
+                    NodeAction::Lease { until, .. } => {
                         if self.trace_lease {
                             println!("{:>9.3} n{} Lease {}", self.now as f64 / 1e6, i + 1, until.0 as i128 - self.local(i, self.now) as i128)
                         }
@@ -141,22 +154,23 @@ impl World {
                     sn.dp = states;
                     sn.dp.extend(singles);
                     if sn.dp.contains(&RELEASING) && sn.flows_at.is_none() {
-                        sn.flows_at = if self.rng.chance(0.85) {
-                            Some(self.now + self.rng.range(0, 300) * MS)
-                        } else {
-                            None
-                        };
+                        sn.flows_at = Some(self.now + self.rng.range(0, 250) * MS);
                     }
                     check::s1_node(self, i);
+                    self.check_conns_at(i);
                 }
-                NodeAction::Lease { until } => {
+                NodeAction::Lease { until, hold } => {
                     let local = self.local(i, self.now);
                     let was_valid = self.nodes[i].lease > local;
                     self.nodes[i].lease = until.0;
+                    if let Some(h) = hold {
+                        self.nodes[i].hold = h.0;
+                    }
                     if until.0 > local {
                         check::s2_lease(self, i, until.0);
                         if !was_valid {
                             check::s1_node(self, i);
+                            self.check_conns_at(i);
                         }
                     }
                 }

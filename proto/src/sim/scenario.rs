@@ -111,6 +111,7 @@ impl Scenario {
             })
             .collect();
         c.drain_timeout_ns = 1000 * MS;
+        c.hold_cap_ns = 1500 * MS;
         c.failback = self.failback[i];
         c
     }
