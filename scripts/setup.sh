@@ -15,6 +15,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 PKGS=(
   rustc-web rust-web-src llvm-22-dev libpolly-22-dev libzstd-dev clang-22
   bpftool iproute2 nftables iptables iputils-ping ethtool procps netsniff-ng
+  binutils man-db
 )
 BPF_LINKER_VERSION=0.13.0
 

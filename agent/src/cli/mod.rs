@@ -86,10 +86,15 @@ pub fn version() -> &'static str {
         } else {
             "not embedded (build it with `cargo xtask build-ebpf` first)"
         };
+        // The wire version decides which versions can run side by side in
+        // one cluster (a rolling upgrade), the state format whether a new
+        // binary reads the old state file (docs/DEPLOY.md, "Upgrades").
         format!(
-            "{} (commit {}, XDP object {embedded})",
+            "{} (commit {}, wire version {}, state format {}, XDP object {embedded})",
             env!("CARGO_PKG_VERSION"),
-            option_env!("XNLB_GIT_COMMIT").unwrap_or("unknown")
+            option_env!("XNLB_GIT_COMMIT").unwrap_or("unknown"),
+            xnlb_proto::wire::VERSION,
+            xnlb_proto::PERSIST_VERSION
         )
     })
 }

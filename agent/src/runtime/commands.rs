@@ -174,28 +174,75 @@ impl Shell {
     }
 }
 
-/// The keys that differ between `old` and `new` and that the agent reads
-/// only at start (the identity it binds and locks under, the XDP attach,
-/// where its state and pins live, the protocol thread's priority, the
-/// control socket and metrics endpoint): a reload that changes one is
-/// refused rather than half applied.
+/// The keys the agent reads only at start (the identity it binds and locks
+/// under, the XDP attach, where its state and pins live, the protocol
+/// thread's priority, the control socket and metrics endpoint), in the
+/// spelling of docs/CONFIG.md, whose Reload column a test checks against
+/// this list.
+pub const RESTART_ONLY_KEYS: [&str; 9] = [
+    "node.id",
+    "node.interface",
+    "cluster.listen",
+    "node.xdp_mode",
+    "node.state_dir",
+    "node.pin_dir",
+    "node.heartbeat_priority",
+    "control.socket",
+    "control.metrics",
+];
+
+/// The [`RESTART_ONLY_KEYS`] that differ between `old` and `new`: a reload
+/// that changes one is refused rather than half applied.
 pub(super) fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let checks: [(&str, bool); 9] = [
-        ("node.id", old.node_id != new.node_id),
-        ("node.interface", old.interface != new.interface),
-        ("cluster.listen", old.listen != new.listen),
-        ("node.xdp_mode", old.xdp_mode != new.xdp_mode),
-        ("node.state_dir", old.state_dir != new.state_dir),
-        ("node.pin_dir", old.pin_dir != new.pin_dir),
-        (
-            "node.heartbeat_priority",
-            old.heartbeat_priority != new.heartbeat_priority,
-        ),
-        ("control.socket", old.socket != new.socket),
-        ("control.metrics", old.metrics != new.metrics),
+    let changed = [
+        old.node_id != new.node_id,
+        old.interface != new.interface,
+        old.listen != new.listen,
+        old.xdp_mode != new.xdp_mode,
+        old.state_dir != new.state_dir,
+        old.pin_dir != new.pin_dir,
+        old.heartbeat_priority != new.heartbeat_priority,
+        old.socket != new.socket,
+        old.metrics != new.metrics,
     ];
-    checks
+    RESTART_ONLY_KEYS
         .into_iter()
+        .zip(changed)
         .filter_map(|(key, changed)| changed.then_some(key))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RESTART_ONLY_KEYS;
+
+    /// The Reload column of docs/CONFIG.md says `restart` exactly for the
+    /// keys a reload refuses as read only at start (or `refused` for the
+    /// node's identity, which a restart alone does not change either).
+    #[test]
+    fn the_config_reference_names_the_keys_a_reload_refuses_as_start_only() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/CONFIG.md");
+        let doc = std::fs::read_to_string(path).expect("docs/CONFIG.md");
+        let rows: Vec<(String, String)> = doc
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let reload = cells.get(cells.len().checked_sub(2)?)?;
+                Some((cells[1].trim_matches('`').to_string(), reload.to_string()))
+            })
+            .collect();
+        for (key, reload) in &rows {
+            if reload == "restart" {
+                assert!(RESTART_ONLY_KEYS.contains(&key.as_str()), "{key}: {reload}");
+            }
+        }
+        for key in RESTART_ONLY_KEYS {
+            let row = rows.iter().find(|(k, _)| k == key);
+            assert!(
+                row.is_some_and(|(_, r)| r == "restart" || r == "refused"),
+                "{key}: {row:?}"
+            );
+        }
+    }
 }

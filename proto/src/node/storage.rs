@@ -24,7 +24,7 @@ use super::Node;
 /// Version of the persisted record. Version 2 added `max_round` (a restarted
 /// proposer never reuses a ballot) and `max_horizon` (a restarted acceptor
 /// keeps every promise it advertised).
-const PERSIST_VERSION: u32 = 2;
+pub const PERSIST_VERSION: u32 = 2;
 
 /// Length of the checksum that ends a persisted state.
 const CHECKSUM_LEN: usize = 8;
