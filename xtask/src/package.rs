@@ -66,13 +66,14 @@ License: MIT or Apache-2.0
 
 /// Makes the state directory owner-only and tells systemd about the unit.
 /// The service is neither enabled nor started: it needs the node's own
-/// configuration and the cluster key first (docs/DEPLOY.md).
+/// configuration and the cluster key first (docs/DEPLOY.md). `DPKG_ROOT`
+/// is honoured (set by dpkg when installing into another root).
 const POSTINST: &str = "#!/bin/sh
 set -e
 if [ \"$1\" = configure ]; then
-    mkdir -p /var/lib/xnlb
-    chmod 0700 /var/lib/xnlb
-    if [ -d /run/systemd/system ]; then
+    mkdir -p \"$DPKG_ROOT/var/lib/xnlb\"
+    chmod 0700 \"$DPKG_ROOT/var/lib/xnlb\"
+    if [ -z \"$DPKG_ROOT\" ] && [ -d /run/systemd/system ]; then
         systemctl daemon-reload >/dev/null || true
     fi
 fi
@@ -82,7 +83,7 @@ fi
 /// gracefully and undoes its host changes on SIGTERM).
 const PRERM: &str = "#!/bin/sh
 set -e
-if [ \"$1\" = remove ] && [ -d /run/systemd/system ]; then
+if [ \"$1\" = remove ] && [ -z \"$DPKG_ROOT\" ] && [ -d /run/systemd/system ]; then
     systemctl stop xnlb.service >/dev/null 2>&1 || true
 fi
 ";
@@ -92,9 +93,9 @@ fi
 const POSTRM: &str = "#!/bin/sh
 set -e
 if [ \"$1\" = purge ]; then
-    rm -rf /var/lib/xnlb
+    rm -rf \"$DPKG_ROOT/var/lib/xnlb\"
 fi
-if [ -d /run/systemd/system ]; then
+if [ -z \"$DPKG_ROOT\" ] && [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || true
 fi
 ";
