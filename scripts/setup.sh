@@ -4,8 +4,9 @@
 #
 # Installs: Debian's rustc-web + rust-web-src (rustc 1.96 with LLVM 22 and
 # its std source, to build `core` for bpfel-unknown-none), LLVM 22 for
-# bpf-linker, the network tools the tests use, and bpf-linker itself. Mounts
-# the BPF filesystem if nothing has.
+# bpf-linker, the network tools the tests use, binutils (objcopy) and man-db
+# for `cargo xtask package` and its test, and bpf-linker itself. Mounts the
+# BPF filesystem if nothing has.
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -15,6 +16,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 PKGS=(
   rustc-web rust-web-src llvm-22-dev libpolly-22-dev libzstd-dev clang-22
   bpftool iproute2 nftables iptables iputils-ping ethtool procps netsniff-ng
+  binutils man-db
 )
 BPF_LINKER_VERSION=0.13.0
 

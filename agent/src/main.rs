@@ -7,7 +7,7 @@ mod cli;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use cli::ctl::{control, socket_of};
 use cli::Failure;
 use xnlb::config::MAX_DRAIN_TIMEOUT_S;
@@ -18,7 +18,8 @@ use xnlb::status::StatusView;
 #[command(
     name = "xnlb",
     version = cli::version(),
-    about = "Network load-balancing cluster agent: one cluster IP shared by many Linux nodes, filtered in XDP"
+    about = "Network load-balancing cluster agent: one cluster IP shared by many Linux nodes, filtered in XDP",
+    after_long_help = "Exit status: 0 done; 1 failed (the agent refused, e.g. a reload); 2 invalid configuration or key file; 3 no agent listens on the control socket.\n\nFiles: /etc/xnlb/xnlb.toml (configuration), /etc/xnlb/cluster.key (the cluster key, mode 0600), /run/xnlb/xnlb.sock (control socket), /var/lib/xnlb (state files). Guides: /usr/share/doc/xnlb (DEPLOY.md, CONFIG.md, TROUBLESHOOTING.md, METRICS.md)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -107,6 +108,24 @@ enum Cmd {
     Rebalance {
         #[command(flatten)]
         target: Target,
+    },
+    /// Reload the agent's configuration file (as SIGHUP) and wait for its
+    /// verdict: exit 1 with the reason if it refused the file (so that
+    /// `systemctl reload xnlb` fails too).
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print a shell completion script (bash, zsh, fish, ...) to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (xnlb.1, one per subcommand) into a directory.
+    #[command(hide = true)]
+    Manpages {
+        /// Output directory.
+        dir: PathBuf,
     },
     /// Which node owns a flow right now.
     Owner {
@@ -212,6 +231,9 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
         Cmd::Resume { target: t } => simple(&target(&t)?, Request::Resume),
         Cmd::Stop { target: t } => simple(&target(&t)?, Request::Stop),
         Cmd::Rebalance { target: t } => simple(&target(&t)?, Request::Rebalance),
+        Cmd::Reload { target: t } => simple(&target(&t)?, Request::Reload),
+        Cmd::Completions { shell } => cli::docs::completions(Cli::command(), shell),
+        Cmd::Manpages { dir } => cli::docs::manpages(Cli::command(), &dir),
         Cmd::Owner {
             vip,
             proto,

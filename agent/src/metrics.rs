@@ -5,10 +5,11 @@
 //! can never drift from what `xnlb status` says.
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -18,7 +19,7 @@ use tokio::time::timeout;
 use crate::admission::{accept_failed, Admission, Limits};
 use crate::control::server::Command;
 use crate::runtime::status_via;
-use crate::status::StatusView;
+use crate::status::{RepairHistogram, StatusView, REPAIR_BUCKETS_MS};
 
 type Labels = Vec<(String, String)>;
 
@@ -35,6 +36,31 @@ fn counters_by(
             .inc_by(*v);
     }
     family
+}
+
+/// The agent's failover-repair histogram as a Prometheus histogram: its
+/// counts grow for the agent's whole life (the agent keeps them, see
+/// [`RepairHistogram`]), so `rate()` and `histogram_quantile()` work.
+#[derive(Debug)]
+struct RepairMetric(RepairHistogram);
+
+impl EncodeMetric for RepairMetric {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // Per-bucket counts, the last one +Inf (f64::MAX is how
+        // prometheus-client spells it); the encoder makes them cumulative.
+        let buckets: Vec<(f64, u64)> = REPAIR_BUCKETS_MS
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .enumerate()
+            .map(|(i, le)| (le, self.0.counts.get(i).copied().unwrap_or(0)))
+            .collect();
+        encoder.encode_histogram::<NoLabelSet>(self.0.sum_ms, self.0.count(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
 }
 
 /// Renders `s` in the Prometheus text format.
@@ -95,16 +121,10 @@ pub fn render(s: &StatusView) -> String {
         "Cluster datagrams dropped, by reason (forged, replayed, malformed...)",
         counters_by("reason", &s.protocol_drops),
     );
-    let hist = Histogram::new([
-        25.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0, 750.0, 1000.0, 2000.0, 5000.0,
-    ]);
-    for ms in &s.availability.repairs_ms {
-        hist.observe(*ms);
-    }
     reg.register(
         "failover_repair_ms",
         "Failover time: failed member's silence to the new epoch installed here",
-        hist,
+        RepairMetric(s.availability.repair_histogram.clone()),
     );
     let avail = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     avail.set(s.availability.availability);
@@ -165,5 +185,43 @@ pub async fn serve_with(listener: TcpListener, commands: mpsc::Sender<Command>, 
             );
             let _ = timeout(limits.idle_timeout, stream.write_all(resp.as_bytes())).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_failover_histogram_is_cumulative_over_every_repair() {
+        let mut h = RepairHistogram::default();
+        for i in 0..150 {
+            h.observe(if i < 120 { 260.0 } else { 900.0 });
+        }
+        let json = serde_json::json!({
+            "node_id": 1, "cluster": "c", "role": "active", "state": "active",
+            "epoch": 1, "converged": true, "lease_ms": 100,
+            "quorum": {"has": true, "votes": 3, "needed": 2, "voters": 3},
+            "buckets": {"total": 4096, "owned": 1, "owned_ranges": []},
+            "members": [], "counters": {}, "protocol_drops": {},
+            "availability": {"failovers": 150, "availability": 1.0, "uptime_s": 1.0},
+        });
+        let mut s: StatusView = match serde_json::from_value(json) {
+            Ok(s) => s,
+            Err(e) => panic!("status fixture: {e}"),
+        };
+        s.availability.repair_histogram = h;
+        let text = render(&s);
+        for line in [
+            "xnlb_failover_repair_ms_count 150",
+            "xnlb_failover_repair_ms_bucket{le=\"200.0\"} 0",
+            "xnlb_failover_repair_ms_bucket{le=\"300.0\"} 120",
+            "xnlb_failover_repair_ms_bucket{le=\"750.0\"} 120",
+            "xnlb_failover_repair_ms_bucket{le=\"1000.0\"} 150",
+            "xnlb_failover_repair_ms_bucket{le=\"+Inf\"} 150",
+            "# TYPE xnlb_failover_repair_ms histogram",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
     }
 }

@@ -67,6 +67,50 @@ pub struct AvailabilityView {
     /// Repair times of the last failovers (ms, at most 100).
     #[serde(default)]
     pub repairs_ms: Vec<f64>,
+    /// Every repair since the agent started, as a histogram (what the
+    /// metrics export: cumulative, never reset while the agent runs).
+    #[serde(default)]
+    pub repair_histogram: RepairHistogram,
+}
+
+/// Upper bounds (ms) of the failover-repair histogram's buckets: around
+/// the default 250 ms `dead_after` (a repair is that plus one epoch) and up
+/// to the slow repairs worth an alert.
+pub const REPAIR_BUCKETS_MS: [f64; 11] = [
+    25.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0, 750.0, 1000.0, 2000.0, 5000.0,
+];
+
+/// Failover repair times since the agent started, bucketed by
+/// [`REPAIR_BUCKETS_MS`]: a Prometheus histogram's state, kept by the
+/// agent so that counts only grow (a scrape never rebuilds it from a
+/// window of samples, which would make `rate()` and `histogram_quantile`
+/// meaningless).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RepairHistogram {
+    /// Repairs per bucket (not cumulative): `counts[i]` fell in
+    /// `(REPAIR_BUCKETS_MS[i-1], REPAIR_BUCKETS_MS[i]]`; the last entry
+    /// counts those above the last bound. Empty before the first repair.
+    pub counts: Vec<u64>,
+    /// Sum of all repair times (ms).
+    pub sum_ms: f64,
+}
+
+impl RepairHistogram {
+    /// Records one repair of `ms`.
+    pub fn observe(&mut self, ms: f64) {
+        self.counts.resize(REPAIR_BUCKETS_MS.len() + 1, 0);
+        let i = REPAIR_BUCKETS_MS
+            .iter()
+            .position(|&le| ms <= le)
+            .unwrap_or(REPAIR_BUCKETS_MS.len());
+        self.counts[i] += 1;
+        self.sum_ms += ms;
+    }
+
+    /// Repairs recorded.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
 }
 
 /// `xnlb status --json`.

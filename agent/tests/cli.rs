@@ -333,6 +333,22 @@ fn version_names_the_commit_and_the_xdp_object() {
     assert!(out.contains(env!("CARGO_PKG_VERSION")), "{out}");
     assert!(out.contains("commit "), "{out}");
     assert!(out.contains("XDP object"), "{out}");
+    assert!(
+        out.contains(&format!("wire version {}", xnlb_proto::wire::VERSION)),
+        "{out}"
+    );
+}
+
+#[test]
+fn reload_without_an_agent_exits_3_and_completions_cover_every_subcommand() {
+    let o = xnlb(&["reload", "--socket", "/nonexistent/xnlb.sock"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let bash = xnlb(&["completions", "bash"]);
+    assert!(bash.status.success(), "{}", text(&bash));
+    let script = String::from_utf8_lossy(&bash.stdout);
+    for sub in ["reload", "check-config", "drain", "status"] {
+        assert!(script.contains(sub), "{sub} not completed");
+    }
 }
 
 #[test]

@@ -600,3 +600,21 @@ fn a_key_holders_snapshot_with_foreign_priority_lists_is_refused_not_applied() {
     // member 2, as any key holder could: no overlap is what must hold.)
     assert!((0..64).all(|b| c.owners(b).len() <= 1));
 }
+
+#[test]
+fn a_node_that_has_heard_no_peer_does_not_report_a_quorum() {
+    // Right after a start every peer is "suspect" (not yet dead) for
+    // dead_after: the core gives them that grace, but the operator's status
+    // must not claim a quorum of voters nobody has heard.
+    let mut c = Cluster::new(&[Role::Active; 3], 64);
+    c.nodes[1] = None;
+    c.nodes[2] = None;
+    c.run(20);
+    let s = c.status(0);
+    assert_eq!(
+        (s.quorum.has, s.quorum.votes),
+        (false, 1),
+        "alone for 20 ms: {:?}",
+        s.quorum
+    );
+}

@@ -4,6 +4,7 @@
 //! rustc-web route or a rustup nightly with rust-src) and says which, then
 //! runs the test suites, the simulator and the benchmarks.
 
+mod package;
 mod toolchain;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +34,10 @@ enum Cmd {
         #[arg(long)]
         no_kernel: bool,
     },
+    /// Build the Debian package target/debian/xnlb_<version>_<arch>.deb
+    /// (release agent with the XDP object, unit, example config, man
+    /// pages, completions, guides).
+    Package,
     /// Run the deterministic cluster simulator.
     Sim {
         /// Number of seeds to run.
@@ -67,6 +72,11 @@ fn main() -> Result<()> {
             build_ebpf(&root, release)?;
         }
         Cmd::Test { no_kernel } => test(&root, no_kernel)?,
+        Cmd::Package => {
+            build_ebpf(&root, true)?;
+            build_agent(&root)?;
+            package::build(&root)?;
+        }
         Cmd::Sim { seeds, nodes, seed } => {
             let mut args = vec!["--seeds".to_string(), seeds.to_string()];
             args.extend(["--nodes".to_string(), nodes.to_string()]);
@@ -203,8 +213,10 @@ fn test(root: &Path, no_kernel: bool) -> Result<()> {
         bail!("the kernel tests need root (CAP_BPF, CAP_NET_ADMIN): run `cargo xtask test` as root, or `cargo xtask test --no-kernel` for the rest");
     }
     eprintln!("xtask: kernel tests (BPF_PROG_TEST_RUN, veth, namespaces, real agents)");
-    // The cluster tests run the agent binary itself.
+    // The cluster tests run the agent binary itself; the package test
+    // unpacks the package built from it.
     build_agent(root)?;
+    package::build(root)?;
     run(Command::new("cargo").current_dir(root).args([
         "test",
         "--release",

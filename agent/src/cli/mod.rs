@@ -3,6 +3,7 @@
 
 pub mod check_config;
 pub mod ctl;
+pub mod docs;
 
 /// Exit statuses: scripts and systemd units branch on them.
 pub mod exit {
@@ -85,10 +86,17 @@ pub fn version() -> &'static str {
         } else {
             "not embedded (build it with `cargo xtask build-ebpf` first)"
         };
+        // The wire version decides which versions can run side by side in
+        // one cluster (a rolling upgrade), the state format whether a new
+        // binary reads the old state file, the data-plane layout whether it
+        // adopts the maps left pinned (docs/DEPLOY.md, "Upgrades").
         format!(
-            "{} (commit {}, XDP object {embedded})",
+            "{} (commit {}, wire version {}, state format {}, data-plane layout {}, XDP object {embedded})",
             env!("CARGO_PKG_VERSION"),
-            option_env!("XNLB_GIT_COMMIT").unwrap_or("unknown")
+            option_env!("XNLB_GIT_COMMIT").unwrap_or("unknown"),
+            xnlb_proto::wire::VERSION,
+            xnlb_proto::PERSIST_VERSION,
+            xnlb_common::LAYOUT_VERSION
         )
     })
 }

@@ -24,6 +24,9 @@ pub enum Request {
     Stop,
     /// Weight-exact redistribution.
     Rebalance,
+    /// Reload the configuration file (as SIGHUP), answering whether it
+    /// was applied and, if not, why.
+    Reload,
     /// Which node owns a flow now.
     Owner {
         /// VIP.

@@ -112,33 +112,31 @@ impl Shell {
                 src,
                 dport,
             } => self.owner(&vip, &proto, &src, dport),
+            // The event loop carries reloads out itself (they restart its
+            // health checks): a reload never reaches this.
+            Request::Reload => Response::err("reload: not handled here"),
         }
     }
-    /// Reloads the configuration file; anything that cannot change on one
-    /// node alone is refused, naming the keys, and the running
-    /// configuration kept.
-    pub fn reload(&mut self) {
-        let cfg = match Config::load(&self.cfg.path) {
-            Ok(c) => c,
-            Err(e) => {
-                error!("reload rejected, keeping the running configuration: {e}");
-                return;
-            }
+    /// Reloads the configuration file (SIGHUP or `xnlb reload`): what the
+    /// running agent now uses, or why the file was refused. Anything that
+    /// cannot change on one node alone, or is read only at start, is
+    /// refused naming the keys, and the running configuration kept.
+    pub fn reload(&mut self) -> Result<String, String> {
+        let refused = |why: String| {
+            let why = format!("reload rejected, running configuration kept: {why}");
+            error!("{why}");
+            why
         };
-        if cfg.node_id != self.cfg.node_id
-            || cfg.interface != self.cfg.interface
-            || cfg.listen != self.cfg.listen
-        {
-            error!("reload rejected, running configuration kept: node.id, node.interface and cluster.listen need a restart");
-            return;
+        let cfg = Config::load(&self.cfg.path).map_err(|e| refused(e.to_string()))?;
+        let restart = restart_only_changes(&self.cfg, &cfg);
+        if !restart.is_empty() {
+            return Err(refused(format!(
+                "{} {} read only at start: restart needed (`systemctl restart xnlb`)",
+                restart.join(", "),
+                if restart.len() == 1 { "is" } else { "are" }
+            )));
         }
-        let key = match crate::key::load(&cfg.key_file) {
-            Ok(k) => k,
-            Err(e) => {
-                error!("reload rejected, running configuration kept: {e}");
-                return;
-            }
-        };
+        let key = crate::key::load(&cfg.key_file).map_err(|e| refused(e.to_string()))?;
         // Settings every member must share cannot change on one node: its
         // peers would refuse its datagrams (and, before leases followed the
         // peers' promises, it kept serving on a lease nobody vouched for).
@@ -147,31 +145,104 @@ impl Shell {
             shared.push("cluster.key_file (the key itself)");
         }
         if !shared.is_empty() {
-            error!(
-                "reload rejected, running configuration kept: {} must be the same on every node and cannot change by reload; change it on every node and restart them (README, \"Changing cluster-wide settings\")",
+            return Err(refused(format!(
+                "{} must be the same on every node and cannot change by reload; change it on every node and restart them (docs/DEPLOY.md, \"Changing the configuration\")",
                 shared.join(", ")
-            );
-            return;
+            )));
         }
         let new_plan = plan(&cfg);
-        if let Err(e) = self
-            .node
+        self.node
             .reconfigure(now(), proto_config(&cfg, &new_plan, key))
-        {
-            error!("reload rejected by the protocol: {e}");
-            return;
-        }
+            .map_err(|e| refused(format!("the protocol refused it: {e}")))?;
+        let mut outcome = format!("configuration reloaded from {}", cfg.path.display());
         if cfg.vips != self.cfg.vips && cfg.role != Role::Witness {
             self.host.teardown();
             match Host::setup(&cfg) {
                 Ok(h) => self.host = h,
-                Err(e) => error!("reload: host setup for the new VIPs failed: {e}"),
+                Err(e) => {
+                    error!("reload: host setup for the new VIPs failed: {e}");
+                    outcome += &format!(" (but the host setup for the new VIPs failed: {e})");
+                }
             }
         }
         self.peers = Peers::new(&cfg);
         self.source_filter.update(&cfg);
-        info!("configuration reloaded from {}", cfg.path.display());
+        info!("{outcome}");
         self.plan = new_plan;
         self.cfg = cfg;
+        Ok(outcome)
+    }
+}
+
+/// The keys the agent reads only at start (the identity it binds and locks
+/// under, the XDP attach, where its state and pins live, the protocol
+/// thread's priority, the control socket and metrics endpoint), in the
+/// spelling of docs/CONFIG.md, whose Reload column a test checks against
+/// this list.
+pub const RESTART_ONLY_KEYS: [&str; 9] = [
+    "node.id",
+    "node.interface",
+    "cluster.listen",
+    "node.xdp_mode",
+    "node.state_dir",
+    "node.pin_dir",
+    "node.heartbeat_priority",
+    "control.socket",
+    "control.metrics",
+];
+
+/// The [`RESTART_ONLY_KEYS`] that differ between `old` and `new`: a reload
+/// that changes one is refused rather than half applied.
+pub(super) fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let changed = [
+        old.node_id != new.node_id,
+        old.interface != new.interface,
+        old.listen != new.listen,
+        old.xdp_mode != new.xdp_mode,
+        old.state_dir != new.state_dir,
+        old.pin_dir != new.pin_dir,
+        old.heartbeat_priority != new.heartbeat_priority,
+        old.socket != new.socket,
+        old.metrics != new.metrics,
+    ];
+    RESTART_ONLY_KEYS
+        .into_iter()
+        .zip(changed)
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RESTART_ONLY_KEYS;
+
+    /// The Reload column of docs/CONFIG.md says `restart` exactly for the
+    /// keys a reload refuses as read only at start (or `refused` for the
+    /// node's identity, which a restart alone does not change either).
+    #[test]
+    fn the_config_reference_names_the_keys_a_reload_refuses_as_start_only() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/CONFIG.md");
+        let doc = std::fs::read_to_string(path).expect("docs/CONFIG.md");
+        let rows: Vec<(String, String)> = doc
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let reload = cells.get(cells.len().checked_sub(2)?)?;
+                Some((cells[1].trim_matches('`').to_string(), reload.to_string()))
+            })
+            .collect();
+        for (key, reload) in &rows {
+            if reload == "restart" {
+                assert!(RESTART_ONLY_KEYS.contains(&key.as_str()), "{key}: {reload}");
+            }
+        }
+        for key in RESTART_ONLY_KEYS {
+            let row = rows.iter().find(|(k, _)| k == key);
+            assert!(
+                row.is_some_and(|(_, r)| r == "restart" || r == "refused"),
+                "{key}: {row:?}"
+            );
+        }
     }
 }

@@ -7,13 +7,14 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::shell::Shell;
-use super::{now, Signal};
+use super::{now, ServiceState, Signal};
 use crate::config::Config;
 use crate::control::server::Command;
-use crate::control::Request;
+use crate::control::{Request, Response};
 use crate::dataplane::boottime_ns;
 use crate::health::{Action, Outcome, Tracker};
 use crate::state_file::Written;
@@ -102,6 +103,32 @@ fn on_health(sh: &mut Shell, tracker: &mut Tracker, outcome: Outcome) {
     }
 }
 
+/// A reload (SIGHUP or `xnlb reload`), announced to the service manager
+/// before and after; an applied one restarts the health checks from the
+/// new configuration. Returns what [`Shell::reload`] says.
+fn reload(
+    sh: &mut Shell,
+    checks: &mut Vec<JoinHandle<()>>,
+    spawn_checks: &impl Fn(&Config) -> Vec<JoinHandle<()>>,
+) -> Result<String, String> {
+    (sh.notify)(ServiceState::Reloading);
+    let outcome = sh.reload();
+    if outcome.is_ok() {
+        for c in checks.drain(..) {
+            c.abort();
+        }
+        *checks = spawn_checks(&sh.cfg);
+        // The tracker (and the core's health drain) carry over: the VIP
+        // list cannot change by reload. With no check left, nothing can
+        // end a health drain but this.
+        if sh.cfg.vips.iter().all(|v| v.health.is_none()) {
+            sh.node.set_health_drain(now(), false);
+        }
+    }
+    (sh.notify)(ServiceState::Reloaded(outcome.clone()));
+    outcome
+}
+
 /// The protocol thread's loop: returns the shell once the node has left.
 pub(super) async fn protocol_loop(
     mut sh: Shell,
@@ -111,7 +138,7 @@ pub(super) async fn protocol_loop(
 ) -> Shell {
     let mut dgrams = spawn_receivers(&sh);
     let (health_tx, mut health_rx) = mpsc::channel::<Outcome>(64);
-    let spawn_checks = |cfg: &Config| -> Vec<tokio::task::JoinHandle<()>> {
+    let spawn_checks = |cfg: &Config| -> Vec<JoinHandle<()>> {
         cfg.vips
             .iter()
             .enumerate()
@@ -169,7 +196,15 @@ pub(super) async fn protocol_loop(
             }
             Some((req, reply)) = commands.recv() => {
                 let stop = req == Request::Stop;
-                let _ = reply.send(sh.command(req));
+                let answer = if req == Request::Reload {
+                    match reload(&mut sh, &mut checks, &spawn_checks) {
+                        Ok(done) => Response::ok(done),
+                        Err(why) => Response::err(why),
+                    }
+                } else {
+                    sh.command(req)
+                };
+                let _ = reply.send(answer);
                 if stop && stop_deadline.is_none() {
                     stop_deadline = Some(tokio::time::Instant::now() + LEAVE_TIMEOUT);
                 }
@@ -181,17 +216,7 @@ pub(super) async fn protocol_loop(
                     stop_deadline.get_or_insert(tokio::time::Instant::now() + LEAVE_TIMEOUT);
                 }
                 Signal::Reload => {
-                    sh.reload();
-                    for c in checks.drain(..) {
-                        c.abort();
-                    }
-                    checks = spawn_checks(&sh.cfg);
-                    // The tracker (and the core's health drain) carry over:
-                    // the VIP list cannot change by reload. With no check
-                    // left, nothing can end a health drain but this.
-                    if sh.cfg.vips.iter().all(|v| v.health.is_none()) {
-                        sh.node.set_health_drain(now(), false);
-                    }
+                    let _ = reload(&mut sh, &mut checks, &spawn_checks);
                 }
             },
             Some(outcome) = health_rx.recv() => on_health(&mut sh, &mut tracker, outcome),

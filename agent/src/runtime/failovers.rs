@@ -3,12 +3,15 @@
 //! first epoch without it), and the availability estimate derived from
 //! those repair times.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 use tracing::info;
 use xnlb_proto::{MemberState, Time};
 
-use crate::status::AvailabilityView;
+use crate::status::{AvailabilityView, RepairHistogram};
+
+/// Repair times kept one by one for `xnlb status --json`.
+const RECENT: usize = 100;
 
 /// Failover bookkeeping for MTTR and availability.
 pub(super) struct Failovers {
@@ -22,7 +25,10 @@ pub(super) struct Failovers {
     /// Members declared dead whose buckets are not yet re-served: (id,
     /// time their silence began).
     pending: Vec<(u8, Time)>,
-    samples_ms: Vec<f64>,
+    /// Every repair since the start (count, sum and buckets).
+    repairs: RepairHistogram,
+    /// The last [`RECENT`] repair times (ms).
+    recent_ms: VecDeque<f64>,
 }
 
 impl Failovers {
@@ -33,7 +39,8 @@ impl Failovers {
             dead: BTreeSet::new(),
             quorum: false,
             pending: Vec::new(),
-            samples_ms: Vec::new(),
+            repairs: RepairHistogram::default(),
+            recent_ms: VecDeque::new(),
         }
     }
 
@@ -60,35 +67,33 @@ impl Failovers {
         for (id, since) in self.pending.drain(..) {
             let ms = now.0.saturating_sub(since.0) as f64 / 1e6;
             info!("failover of member {id} repaired in {ms:.0} ms (silence to new epoch)");
-            self.samples_ms.push(ms);
+            self.repairs.observe(ms);
+            if self.recent_ms.len() == RECENT {
+                self.recent_ms.pop_front();
+            }
+            self.recent_ms.push_back(ms);
         }
     }
 
     /// The status view at `now`.
     pub fn view(&self, now: Time) -> AvailabilityView {
         let uptime_s = now.0.saturating_sub(self.started.0) as f64 / 1e9;
-        let n = self.samples_ms.len();
-        let mttr = (n > 0).then(|| self.samples_ms.iter().sum::<f64>() / n as f64);
+        let n = self.repairs.count();
+        let mttr = (n > 0).then(|| self.repairs.sum_ms / n as f64);
         let mtbf = (n > 0).then(|| uptime_s / n as f64);
         let availability = match (mtbf, mttr) {
             (Some(b), Some(r)) => b / (b + r / 1000.0),
             _ => 1.0,
         };
         AvailabilityView {
-            failovers: n as u64,
-            last_mttr_ms: self.samples_ms.last().copied(),
+            failovers: n,
+            last_mttr_ms: self.recent_ms.back().copied(),
             mttr_ms: mttr,
             mtbf_s: mtbf,
             availability,
             uptime_s,
-            repairs_ms: self
-                .samples_ms
-                .iter()
-                .rev()
-                .take(100)
-                .rev()
-                .copied()
-                .collect(),
+            repairs_ms: self.recent_ms.iter().copied().collect(),
+            repair_histogram: self.repairs.clone(),
         }
     }
 }
@@ -118,5 +123,31 @@ mod tests {
             Some(300.0),
             "silence (250 ms) to epoch (50 ms)"
         );
+    }
+
+    #[test]
+    fn the_repair_histogram_counts_every_failover_not_the_last_hundred() {
+        let mut f = Failovers::new(Time(0));
+        f.quorum(true);
+        let mut t = 1_000 * MS;
+        for i in 0..150u64 {
+            let id = 2 + (i % 2) as u8;
+            f.member(id, MemberState::Dead, Time(t), 250);
+            // Repairs of 260 ms, 270 ms, 280 ms, ...
+            f.epoch(Time(t + (10 + i % 3 * 10) * MS));
+            f.member(id, MemberState::Alive, Time(t + 500 * MS), 250);
+            t += 1_000 * MS;
+        }
+        let v = f.view(Time(t));
+        let h = &v.repair_histogram;
+        assert_eq!((v.failovers, h.count()), (150, 150), "{h:?}");
+        assert_eq!(v.repairs_ms.len(), 100, "status keeps the last 100");
+        // Every repair (260..=280 ms) is in the (200, 300] bucket.
+        let i300 = crate::status::REPAIR_BUCKETS_MS
+            .iter()
+            .position(|&b| b == 300.0)
+            .expect("a 300 ms bound");
+        assert_eq!(h.counts[i300], 150, "{h:?}");
+        assert!((h.sum_ms - 150.0 * 270.0).abs() < 1.0, "{}", h.sum_ms);
     }
 }

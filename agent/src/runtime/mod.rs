@@ -63,10 +63,16 @@ pub enum Signal {
 }
 
 /// Where the agent is in its life, for the service manager.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServiceState {
     /// Serving: the control socket answers.
     Ready,
+    /// A reload (SIGHUP or `xnlb reload`) has begun.
+    Reloading,
+    /// The reload ended, applied (`Ok`, what was reloaded) or refused
+    /// (`Err`, why): serving again either way, with the running
+    /// configuration.
+    Reloaded(Result<String, String>),
     /// Leaving: the protocol thread has ended.
     Stopping,
 }
@@ -96,15 +102,31 @@ impl Dependencies {
         Dependencies {
             dataplane: startup::setup_dataplane,
             host: Host::setup,
-            notify: |state| {
-                let state = match state {
-                    ServiceState::Ready => sd_notify::NotifyState::Ready,
-                    ServiceState::Stopping => sd_notify::NotifyState::Stopping,
-                };
-                let _ = sd_notify::notify(false, &[state]);
-            },
+            notify: sd_notify_state,
         }
     }
+}
+
+/// Tells systemd (`NOTIFY_SOCKET`; nothing without it) what `state` means
+/// for a `Type=notify` unit: `READY=1`, `RELOADING=1` with the
+/// `MONOTONIC_USEC=` newer systemd requires, then `READY=1` again with a
+/// `STATUS=` line saying whether the reload was applied, or why not (what
+/// `systemctl status xnlb` shows), and `STOPPING=1`.
+fn sd_notify_state(state: ServiceState) {
+    use sd_notify::NotifyState;
+    let states = match &state {
+        ServiceState::Ready => vec![NotifyState::Ready],
+        ServiceState::Reloading => {
+            let mut v = vec![NotifyState::Reloading];
+            v.extend(NotifyState::monotonic_usec_now().ok());
+            v
+        }
+        ServiceState::Reloaded(Ok(line) | Err(line)) => {
+            vec![NotifyState::Status(line), NotifyState::Ready]
+        }
+        ServiceState::Stopping => vec![NotifyState::Stopping],
+    };
+    let _ = sd_notify::notify(false, &states);
 }
 
 /// Now on the clock the core and the data plane share.
@@ -169,6 +191,10 @@ pub async fn run_with(
         parts,
     } = startup::start(cfg, &deps)?;
     let metrics = parts.cfg.metrics;
+    // The path this agent bound, removed when it ends: never the path a
+    // later configuration names (a reload cannot change it, and another
+    // agent's socket must survive this one's exit).
+    let bound_socket = parts.cfg.socket.clone();
     let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(64);
     let (sig_tx, sig_rx) = mpsc::channel::<Signal>(8);
     let (done_tx, mut done) = oneshot::channel();
@@ -176,7 +202,7 @@ pub async fn run_with(
         .name("xnlb-proto".into())
         .spawn(move || {
             // The receiver is gone only if run_with was dropped.
-            let _ = done_tx.send(protocol_thread(parts, cmd_rx, sig_rx));
+            let _ = done_tx.send(protocol_thread(parts, deps.notify, cmd_rx, sig_rx));
         })
         .map_err(RunError::io("starting the protocol thread"))?;
 
@@ -210,6 +236,7 @@ pub async fn run_with(
     for t in tasks {
         t.abort();
     }
+    let _ = std::fs::remove_file(&bound_socket);
     match (ended, proto_thread.join()) {
         (Ok(result), Ok(())) => result,
         _ => Err(RunError::Panicked),
@@ -220,6 +247,7 @@ pub async fn run_with(
 /// then the teardown. Its result is the agent's.
 fn protocol_thread(
     parts: ShellParts,
+    notify: fn(ServiceState),
     commands: mpsc::Receiver<Command>,
     signals: mpsc::Receiver<Signal>,
 ) -> Result<(), RunError> {
@@ -256,6 +284,7 @@ fn protocol_thread(
             installed: None,
             stopped: false,
             fatal: None,
+            notify,
         };
         let mut sh = event_loop::protocol_loop(sh, commands, signals, written_rx).await;
         sh.teardown();

@@ -78,6 +78,8 @@ pub(super) struct Shell {
     /// Why the node stopped serving on its own (see [`crate::liveness`]):
     /// the agent exits non-zero with it.
     pub fatal: Option<String>,
+    /// Tells the service manager about reloads.
+    pub notify: fn(super::ServiceState),
 }
 
 impl Shell {
@@ -309,8 +311,8 @@ impl Shell {
         }
     }
 
-    /// Undoes the host setup, fences and detaches the data plane, removes
-    /// the control socket.
+    /// Undoes the host setup, fences and detaches the data plane (the
+    /// control socket is removed by the thread that bound it).
     pub fn teardown(&mut self) {
         self.host.teardown();
         if let (Some(mut dp), Some(interface)) = (self.dp.take(), self.cfg.interface.clone()) {
@@ -322,6 +324,5 @@ impl Shell {
             }
             dp.remove_pins();
         }
-        let _ = std::fs::remove_file(&self.cfg.socket);
     }
 }

@@ -58,6 +58,7 @@ mod timer;
 
 pub use outbox::{Action, Report, Transmit};
 pub use report::MemberState;
+pub use storage::PERSIST_VERSION;
 
 use crate::assign::{ClusterState, Standing};
 use crate::auth::Authenticator;

@@ -87,7 +87,15 @@ impl Node {
                 },
             });
         }
-        let votes = self.votes(now);
+        // Voters actually heard and not dead. The core's own count also
+        // gives never-heard peers the benefit of the doubt for dead_after
+        // after a start (they are suspect, not dead), which must not show
+        // an operator a quorum of voters nobody has heard.
+        let votes = 1 + self
+            .peers
+            .iter()
+            .filter(|p| p.last_heard.is_some() && self.liveness(now, p) != Liveness::Dead)
+            .count();
         Status {
             node_id: id,
             cluster: self.cfg.cluster_name.clone(),

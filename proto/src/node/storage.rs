@@ -25,7 +25,7 @@ use super::Node;
 /// proposer never reuses a ballot) and `max_horizon` (a restarted acceptor
 /// keeps every promise it advertised). Version 3: a slot's previous owners
 /// are a set.
-const PERSIST_VERSION: u32 = 3;
+pub const PERSIST_VERSION: u32 = 3;
 
 /// Length of the checksum that ends a persisted state.
 const CHECKSUM_LEN: usize = 8;

@@ -58,8 +58,13 @@ pub(super) fn config_text(
         }
     }
     t += &format!(
-        "\n[control]\nsocket = \"{}\"\nmetrics = \"\"\n",
-        socket.display()
+        "\n[control]\nsocket = \"{}\"\nmetrics = \"{}\"\n",
+        socket.display(),
+        if spec.metrics {
+            super::METRICS_ADDR
+        } else {
+            ""
+        }
     );
     t
 }

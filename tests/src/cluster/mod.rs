@@ -62,6 +62,9 @@ pub fn node_addr6(id: u8) -> Ipv6Addr {
 }
 /// The heartbeat port every member listens on.
 pub const HB_PORT: u16 = 7450;
+/// Where each node's agent serves metrics when [`ClusterSpec::metrics`]
+/// is set (inside the node's namespace).
+pub const METRICS_ADDR: &str = "127.0.0.1:9477";
 /// TCP port of the test servers.
 pub const TCP_PORT: u16 = 80;
 /// UDP port of the test servers.
@@ -99,6 +102,9 @@ pub struct ClusterSpec {
     /// Give the IPv4 VIP a health check: TCP connect to 127.0.0.1:PORT in
     /// each node's namespace (100 ms interval, fall 2, rise 2).
     pub health_tcp_port: Option<u16>,
+    /// Serve Prometheus metrics on [`METRICS_ADDR`] in each node's
+    /// namespace (read them with [`Cluster::scrape`]).
+    pub metrics: bool,
 }
 
 impl ClusterSpec {
@@ -118,6 +124,7 @@ impl ClusterSpec {
             vip6: false,
             deferred: Vec::new(),
             health_tcp_port: None,
+            metrics: false,
         }
     }
 }
@@ -376,6 +383,12 @@ impl Cluster {
 
     /// Starts (or restarts) node `id`'s agent.
     pub fn start_agent(&mut self, id: u8) {
+        self.start_agent_with_env(id, &[]);
+    }
+
+    /// Starts node `id`'s agent with extra environment variables (e.g.
+    /// `NOTIFY_SOCKET`, to hear what it tells systemd).
+    pub fn start_agent_with_env(&mut self, id: u8, env: &[(&str, &Path)]) {
         let bin = self.bin.clone();
         let log = self.dir.join(format!("agent{id}.log"));
         let node = self.node_mut(id);
@@ -384,7 +397,30 @@ impl Cluster {
             .append(true)
             .open(&log)
             .expect("log");
-        node.agent = Some(spawn_agent(&bin, &node.ns, &node.config, logf));
+        let mut cmd = agent_command(&bin, &node.ns, &node.config, logf);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        node.agent = Some(cmd.spawn().expect("start agent"));
+    }
+
+    /// Node `id`'s Prometheus text (GET /metrics on [`METRICS_ADDR`] in
+    /// its namespace; needs [`ClusterSpec::metrics`]).
+    pub fn scrape(&self, id: u8) -> String {
+        use std::io::{Read, Write};
+        self.ns(id).enter(|| {
+            let mut s = std::net::TcpStream::connect(METRICS_ADDR).expect("metrics endpoint");
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("request");
+            let mut text = String::new();
+            s.read_to_string(&mut text).expect("metrics answer");
+            assert!(text.starts_with("HTTP/1.1 200"), "scrape: {text}");
+            text.split_once("\r\n\r\n")
+                .map(|(_, body)| body.to_string())
+                .unwrap_or_default()
+        })
     }
 
     fn signal(&mut self, id: u8, sig: i32) {
@@ -455,6 +491,11 @@ impl Cluster {
     /// Sends a control request to node `id`.
     pub fn control(&self, id: u8, req: Request) -> xnlb::control::Response {
         request(&self.node(id).socket, &req, Duration::from_secs(5)).expect("control request")
+    }
+
+    /// Node `id`'s configuration file.
+    pub fn config_path(&self, id: u8) -> &Path {
+        &self.node(id).config
     }
 
     /// Node `id`'s control socket (for running the `xnlb` CLI against it).
@@ -596,13 +637,21 @@ impl Drop for Cluster {
 }
 
 /// Starts the agent `bin` with `config` in `ns`, its log to `log`.
+fn spawn_agent(bin: &Path, ns: &Netns, config: &Path, log: std::fs::File) -> Child {
+    agent_command(bin, ns, config, log)
+        .spawn()
+        .expect("start agent")
+}
+
+/// The command that runs the agent `bin` with `config` in `ns`, its log to
+/// `log`.
 ///
 /// nsenter enters only the network namespace: `ip netns exec` would also
 /// give the agent a private mount namespace, and its bpffs pins (which must
 /// outlive it) would vanish with it.
-fn spawn_agent(bin: &Path, ns: &Netns, config: &Path, log: std::fs::File) -> Child {
-    Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", ns.name))
+fn agent_command(bin: &Path, ns: &Netns, config: &Path, log: std::fs::File) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", ns.name))
         .arg("--")
         .arg(bin)
         .args(["agent", "--config"])
@@ -610,7 +659,6 @@ fn spawn_agent(bin: &Path, ns: &Netns, config: &Path, log: std::fs::File) -> Chi
         .env("XNLB_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start agent")
+        .stderr(log);
+    cmd
 }
