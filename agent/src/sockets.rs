@@ -77,15 +77,24 @@ pub struct HeldConn {
 /// namespace) whose local address is one of `vips`, in [`held_states`].
 pub fn held_connections(vips: &[IpAddr]) -> Result<Vec<HeldConn>, SocketsError> {
     let mut out = Vec::new();
+    // Both families always: an IPv4 connection accepted by a dual-stack
+    // listener (`[::]:80`, the default of Go, Java, Node, nginx with
+    // `ipv6only=off`) is an AF_INET6 socket with v4-mapped addresses, which
+    // the XDP socket lookup finds but an AF_INET dump does not list.
     for (family, v6) in [(AF_INET, false), (AF_INET6, true)] {
-        if !vips.iter().any(|v| v.is_ipv6() == v6) {
-            continue;
-        }
         dump(family, v6, vips, &mut out)?;
     }
     out.sort_unstable();
     out.dedup();
     Ok(out)
+}
+
+/// `::ffff:a.b.c.d` as `a.b.c.d` (what the flow hash and the VIP list use).
+fn unmapped(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 fn dump(
@@ -130,11 +139,12 @@ fn dump(
             match msg.payload {
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                     let id = &r.header.socket_id;
-                    if vips.contains(&id.source_address) {
+                    let vip = unmapped(id.source_address);
+                    if vips.contains(&vip) {
                         out.push(HeldConn {
-                            vip: id.source_address,
+                            vip,
                             vip_port: id.source_port,
-                            client: id.destination_address,
+                            client: unmapped(id.destination_address),
                             client_port: id.destination_port,
                             state: r.header.state,
                         });
@@ -176,6 +186,30 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{Ipv4Addr, TcpListener, TcpStream};
+
+    #[test]
+    fn an_ipv4_connection_on_a_dual_stack_listener_is_found() {
+        // `[::]:port` without IPV6_V6ONLY, as Go, Java, Node and nginx
+        // (ipv6only=off) listen: the IPv4 connection is an AF_INET6 socket
+        // with v4-mapped addresses.
+        let listener = match TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, 0)) {
+            Ok(l) => l,
+            Err(_) => return, // no IPv6 in this environment
+        };
+        let vip_port = listener.local_addr().expect("addr").port();
+        let client_sock = socket_from(Ipv4Addr::new(127, 0, 0, 3));
+        let _client = connect_from(client_sock, vip_port);
+        let (_server, peer) = listener.accept().expect("accept");
+        let vips = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        let held = held_connections(&vips).expect("sock_diag");
+        let ours: Vec<&HeldConn> = held
+            .iter()
+            .filter(|c| c.vip_port == vip_port && c.client_port == peer.port())
+            .collect();
+        assert_eq!(ours.len(), 1, "{held:?}");
+        assert_eq!(ours[0].vip, vips[0]);
+        assert_eq!(ours[0].client, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
+    }
 
     #[test]
     fn an_established_loopback_connection_is_found_and_gone_after_close() {

@@ -201,7 +201,14 @@ impl ClusterState {
                     drained,
                 } => {
                     if let Some(m) = next.member_mut(id) {
-                        if !m.standing.participates() {
+                        if m.standing.participates() {
+                            // A member restarted while taking part: the
+                            // record follows its new life (a node that lost
+                            // its state serves only records of the life it
+                            // runs, see `Node::self_participates`); nothing
+                            // else changes, nothing moves.
+                            m.incarnation = m.incarnation.max(incarnation);
+                        } else {
                             m.standing = if drained || m.role == Role::Witness {
                                 Standing::Drained
                             } else {
@@ -593,6 +600,24 @@ mod tests {
             f.prev[8],
             [2],
             "the fenced member may still hold connections"
+        );
+    }
+
+    #[test]
+    fn admitting_a_member_that_takes_part_only_records_its_new_life() {
+        let c = cfg(&[Role::Active; 3], 12);
+        let s = ClusterState::genesis(&c).apply(&(1..=3).map(admit).collect::<Vec<_>>());
+        let again = s.apply(&[Op::Admit {
+            id: 2,
+            incarnation: 9,
+            weight: 5,
+            drained: true,
+        }]);
+        assert_eq!(again.owner, s.owner, "nothing moves");
+        let m = again.member(2).expect("member 2");
+        assert_eq!(
+            (m.incarnation, m.weight, m.standing),
+            (9, 100, Standing::Active)
         );
     }
 

@@ -263,9 +263,16 @@ impl Node {
     }
 
     /// Vouches for peer `pi`'s latest heartbeat (echoed back in ours) unless
-    /// we stopped vouching for it until a later epoch; from then on we keep
-    /// the promise not to accept its fence for `dead_after`.
+    /// we stopped vouching for it until a later epoch, or it runs an older
+    /// epoch than ours while ours says it takes no part (it left, or never
+    /// joined: a member that lost its state and replays old epochs must not
+    /// get a lease to serve them); from then on we keep the promise not to
+    /// accept its fence for `dead_after`.
     pub(super) fn vouch(&mut self, now: Time, pi: usize, hb: &Heartbeat) {
+        let id = self.peers[pi].id;
+        if hb.epoch < self.state.epoch && !self.state.participates(id) {
+            return;
+        }
         let peer = &mut self.peers[pi];
         if hb.epoch < self.acceptor.paxos.floor(peer.id)
             || peer.vouch.is_some_and(|(t, _)| hb.sent_at <= t)
@@ -273,7 +280,6 @@ impl Node {
             return;
         }
         peer.vouch = Some((hb.sent_at, now));
-        let id = peer.id;
         self.acceptor.promise(id, now + self.cfg.dead_after_ns);
     }
 

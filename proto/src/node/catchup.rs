@@ -303,6 +303,12 @@ impl Node {
         self.catchup.installed(epoch, &ops, self.digest);
         self.acceptor.paxos.advance(epoch);
         self.proposer.installed(epoch);
+        if epoch != from + 1 {
+            // Across a gap a member may have been re-admitted and fenced
+            // again unseen: its handoff clock restarts here, never earlier
+            // than the fence we did not see (its held delivery may still run).
+            self.proposer.forget_orphans();
+        }
         self.proposer.track_orphans(&self.state, now);
         self.plane.barrier_passed = false;
         self.persist();

@@ -120,6 +120,10 @@ pub struct Node {
     /// Latest `now` of any input: a peer's death is woken for only after it.
     last_input: Time,
     counters: Vec<(DropReason, u64)>,
+    /// Records of this member with a lower incarnation describe lives this
+    /// node does not remember (it started without its state file): they
+    /// are no licence to serve. 0 after a restore.
+    remembers_from: u64,
 }
 
 impl Node {
@@ -131,13 +135,10 @@ impl Node {
     pub fn new(config: Config, now: Time, incarnation: u64) -> Result<Node, ConfigError> {
         config.validate()?;
         let state = ClusterState::genesis(&config);
-        Ok(Node::build(
-            config,
-            now,
-            incarnation.max(1),
-            state,
-            Restored::default(),
-        ))
+        let incarnation = incarnation.max(1);
+        let mut node = Node::build(config, now, incarnation, state, Restored::default());
+        node.remembers_from = incarnation;
+        Ok(node)
     }
 
     /// A node restarting with the bytes of its last [`Action::Persist`]:
@@ -193,6 +194,7 @@ impl Node {
             timers: TimerTable::default(),
             last_input: now,
             counters: DropReason::ALL.iter().map(|&r| (r, 0)).collect(),
+            remembers_from: 0,
             state,
             cfg,
         };
@@ -211,6 +213,10 @@ impl Node {
         {
             node.intent.failback_hold = true;
         }
+        // Fenced members still listed as previous owners: their handoff
+        // clocks start now (a restarted coordinator waits the whole
+        // orphan timeout again; it cannot know when it first saw them).
+        node.proposer.track_orphans(&node.state, now);
         node.persist();
         node.storage.horizon_written_by_last();
         node.refresh_dataplane(now);
@@ -481,6 +487,17 @@ impl Node {
         self.own_config().map_or(Role::Active, |m| m.role)
     }
 
+    /// Whether this node takes part in the installed state in a life it
+    /// remembers. A node that lost its state file and catches up through
+    /// old epochs (delayed or replayed commits) finds itself `Active` in
+    /// records of its previous incarnation: it must not serve them (S1),
+    /// only the epochs from its own admission on.
+    pub(crate) fn self_participates(&self) -> bool {
+        self.state
+            .member(self.cfg.self_id)
+            .is_some_and(|m| m.standing.participates() && m.incarnation >= self.remembers_from)
+    }
+
     fn peer(&self, id: u8) -> Option<&Peer> {
         self.peers.iter().find(|p| p.id == id)
     }
@@ -650,10 +667,7 @@ impl Node {
         self.refresh_liveness_reports(now);
         self.coordinate(now);
         self.run_local(now);
-        if self.intent.leaving
-            && !self.intent.stop_emitted
-            && !self.state.participates(self.cfg.self_id)
-        {
+        if self.intent.leaving && !self.intent.stop_emitted && !self.self_participates() {
             self.intent.stopped = true;
             self.intent.stop_emitted = true;
             self.refresh_dataplane(now);

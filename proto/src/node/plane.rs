@@ -71,10 +71,10 @@ impl Plane {
         now: Time,
         state: &ClusterState,
         id: u8,
-        stopped: bool,
+        (participates, stopped): (bool, bool),
         buckets: usize,
     ) -> Option<Action> {
-        let participating = !stopped && state.participates(id);
+        let participating = !stopped && participates;
         let current = self.dp.as_ref();
         let mut next = Vec::with_capacity(state.owner.len());
         for s in 0..state.owner.len() {
@@ -276,7 +276,7 @@ impl Node {
             now,
             &self.state,
             self.cfg.self_id,
-            self.intent.stopped,
+            (self.self_participates(), self.intent.stopped),
             self.cfg.buckets as usize,
         );
         self.outbox.push_action(install);
@@ -302,7 +302,7 @@ impl Node {
         let me = self.cfg.self_id;
         let serving = !self.intent.stopped
             && self.blocked().is_none()
-            && self.state.participates(me)
+            && self.self_participates()
             && self.state.epoch >= self.acceptor.paxos.floor(me);
         if !serving {
             self.revoke_lease();
@@ -366,10 +366,13 @@ impl Node {
     }
 }
 
-/// Never gain acceptance of new flows without the barrier.
+/// Never gain acceptance of new flows without the barrier, nor take up
+/// again connections this data plane had let go of (a cut after a timed-out
+/// handoff that a restart forgot: the owner may pass them by now).
 fn limit(current: u8, desired: u8) -> u8 {
     let accepts_new = |s: u8| s == OWNED || s == ACQUIRING;
     match (current, desired) {
+        (NOT_OWNED, RELEASING) => NOT_OWNED,
         (OWNED, ACQUIRING) => ACQUIRING,
         (c, d) if accepts_new(d) && !accepts_new(c) => c,
         (ACQUIRING, OWNED) => ACQUIRING,

@@ -30,7 +30,8 @@ pub(crate) struct Proposer {
     pub(crate) max_round: u64,
     /// Fenced members still recorded as previous owners (their hosts may
     /// hold connections), and since when we know it: after
-    /// `drain_timeout` the coordinator ends their handoff itself.
+    /// [`quorum::orphan_timeout_ns`] the coordinator ends their handoff
+    /// itself.
     orphans: Vec<(u8, Time)>,
 }
 
@@ -117,6 +118,12 @@ impl Proposer {
         if self.proposal.as_ref().is_some_and(|p| p.epoch <= epoch) {
             self.proposal = None;
         }
+    }
+
+    /// Forgets when fenced members were first seen as previous owners (their
+    /// clocks restart at the next [`Self::track_orphans`]).
+    pub(crate) fn forget_orphans(&mut self) {
+        self.orphans.clear();
     }
 
     /// Notes, at an install, which non-participating members are still
@@ -479,6 +486,15 @@ impl Node {
             }
             _ => None,
         };
+        if v.alive && v.incarnation > m.incarnation {
+            // Record its new life (see `Op::Admit` on a member that takes part).
+            ops.push(Op::Admit {
+                id: m.id,
+                incarnation: v.incarnation,
+                weight: m.weight,
+                drained: false,
+            });
+        }
         let has_prev = self.state.is_prev(m.id);
         let handing = matches!(m.standing, Standing::Draining | Standing::Leaving);
         if let Some(op) = standing_op {

@@ -226,7 +226,11 @@ impl Node {
     }
 
     /// Whether every participating member that `counts` has confirmed our
-    /// (epoch, digest) in its latest heartbeat.
+    /// (epoch, digest) in its latest heartbeat, sent after it heard this
+    /// incarnation of ours (it echoes it): a heartbeat from before our
+    /// start, delayed or replayed, may describe an epoch its sender has
+    /// long left, and must not open a barrier for a node that lost its
+    /// state and replays old epochs.
     pub(super) fn confirmed_by_all(
         &self,
         counts: impl Fn(&crate::assign::MemberRec) -> bool,
@@ -238,7 +242,10 @@ impl Node {
                 || self
                     .peer(m.id)
                     .and_then(|p| p.report.as_ref())
-                    .is_some_and(|h| reports(h, self.state.epoch, self.digest))
+                    .is_some_and(|h| {
+                        h.echo_incarnation == self.incarnation
+                            && reports(h, self.state.epoch, self.digest)
+                    })
         })
     }
 

@@ -81,6 +81,9 @@ impl World {
             }
             self.nodes[i].corrupt = false;
             self.nodes[i].persisted = None;
+            for c in self.sockets.conns.iter_mut().filter(|c| c.holder == i) {
+                c.state_lost = true;
+            }
         }
         self.end_process_io(i);
         let sn = &mut self.nodes[i];

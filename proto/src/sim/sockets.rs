@@ -22,7 +22,8 @@
 //!   part and holding a lease, marks its slot `NOT_OWNED`) only once every
 //!   preservation window it was promised ran out: it is at least the
 //!   held-delivery window old (handoffs and orphans last longer), unless
-//!   the operator stopped its holder (`stop` leaves at once). Stalls (a
+//!   the operator stopped its holder (`stop` leaves at once) or its holder
+//!   lost its state file (it starts from nothing). Stalls (a
 //!   frozen or crashed agent past its held delivery) are counted, not
 //!   failed: TCP retransmits through them.
 //!
@@ -53,6 +54,9 @@ pub struct Conn {
     pub opened: u64,
     /// Real time the client closes it (`u64::MAX`: never).
     pub closes: u64,
+    /// Its holder lost its state file since (the documented recovery
+    /// starts from nothing: its connections may be cut).
+    pub state_lost: bool,
 }
 
 /// The connections of every node, and what happened to them.
@@ -114,7 +118,7 @@ impl World {
                 self.sockets.cut += 1;
                 let age = self.now - c.opened;
                 let window = self.guaranteed_window();
-                if age < window && !self.nodes[c.holder].stop_requested {
+                if age < window && !self.nodes[c.holder].stop_requested && !c.state_lost {
                     let msg = format!(
                         "connection cut early: {} after {} ms (promised {} ms): slot {}, holder node {}",
                         if other_passes {
@@ -175,7 +179,7 @@ impl World {
                 return true;
             }
             cut += 1;
-            if now - c.opened < window && !nodes[c.holder].stop_requested {
+            if now - c.opened < window && !nodes[c.holder].stop_requested && !c.state_lost {
                 early = Some(c.clone());
             }
             false
@@ -235,6 +239,7 @@ impl World {
             holder,
             opened: self.now,
             closes: self.now + life,
+            state_lost: false,
         });
     }
 
