@@ -22,6 +22,9 @@ pub fn now() -> u64 {
 /// would otherwise accept pays for the read (see [`crate::vip::VipPacket`]).
 #[inline(always)]
 pub fn lease_valid() -> bool {
+    if cfg!(feature = "bisect-no-lease-clock") {
+        return true;
+    }
     match XNLB_CTRL.get(ctrl::LEASE) {
         Some(deadline) => {
             // SAFETY: a helper call with no arguments.
