@@ -116,6 +116,11 @@ pub struct Sample {
     pub pps: f64,
     /// Frames the sender generated, per second.
     pub offered: f64,
+    /// Packets per wake-up of the NAPI thread: each wake-up costs the
+    /// thread a context switch and a poll set-up, shared by these packets,
+    /// so a receiver that keeps up with the sender and sleeps more often
+    /// pays more per packet (see the module documentation of the bench).
+    pub pkts_per_wakeup: f64,
 }
 
 /// The receivers' programs, loaded once: xnlb object variants (each in its
@@ -341,12 +346,19 @@ fn napi_threads() -> HashSet<i32> {
     .collect()
 }
 
-/// On-CPU ns of thread `pid` so far (`/proc/<pid>/schedstat`, first field).
-fn on_cpu_ns(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("reading /proc/{pid}/schedstat"))
+/// On-CPU ns of thread `pid` so far and the times it was scheduled in
+/// (`/proc/<pid>/schedstat`, first and third fields).
+fn schedstat(pid: i32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/schedstat: {e}"));
+    let v: Vec<u64> = s
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    match v[..] {
+        [ns, _, slices, ..] => (ns, slices),
+        _ => panic!("/proc/{pid}/schedstat: {s:?}"),
+    }
 }
 
 /// Frames the receiving veth's XDP hook processed so far.
@@ -474,8 +486,29 @@ fn thread_napi(rx: &Netns, cpu: usize) -> i32 {
     }
 }
 
+/// Bytes [`thrash_caches`] sweeps: past the L2 caches of this machine.
+const THRASH_BYTES: usize = 8 << 20;
+
+/// Sweeps a buffer larger than the L2 cache on `cpu` at normal priority
+/// until `stop`: it runs whenever the (real-time) NAPI thread sleeps and
+/// evicts its code and data, as other work on a busy node does. With it the
+/// benchmark shows what a receiver's cache footprint costs.
+fn thrash_caches(cpu: usize, stop: &AtomicBool) {
+    pin_to(0, cpu);
+    let mut buf = vec![0u8; THRASH_BYTES];
+    let mut n = 0u8;
+    while !stop.load(Ordering::Relaxed) {
+        for line in buf.chunks_mut(64) {
+            line[0] = line[0].wrapping_add(n);
+        }
+        n = n.wrapping_add(1);
+        std::hint::black_box(&buf);
+    }
+}
+
 /// Measures receiver `f` owning `quarters` of 4 under `traffic`: the
-/// sender on `tx_cpu`, the receiver's NAPI thread on `rx_cpu`.
+/// sender on `tx_cpu`, the receiver's NAPI thread on `rx_cpu`, with
+/// [`thrash_caches`] there too if `thrash`.
 pub fn measure(
     f: Filter,
     quarters: u32,
@@ -483,6 +516,7 @@ pub fn measure(
     r: &mut Receivers,
     tx_cpu: usize,
     rx_cpu: usize,
+    thrash: bool,
 ) -> Sample {
     let t = build();
     let (fixture, link) = install(&t, f, quarters, r);
@@ -507,10 +541,13 @@ pub fn measure(
             }
         }
         let _guard = StopOnDrop(stop);
+        if thrash {
+            s.spawn(move || thrash_caches(rx_cpu, stop));
+        }
         std::thread::sleep(WARMUP);
         let sample = || {
             (
-                on_cpu_ns(napi),
+                schedstat(napi),
                 xdp_packets(&t.rx),
                 offered.load(Ordering::Relaxed),
             )
@@ -547,9 +584,10 @@ pub fn measure(
     });
     let pkts = b.1.saturating_sub(a.1);
     Sample {
-        ns_per_pkt: b.0.saturating_sub(a.0) as f64 / pkts.max(1) as f64,
+        ns_per_pkt: b.0 .0.saturating_sub(a.0 .0) as f64 / pkts.max(1) as f64,
         pps: pkts as f64 / secs,
         offered: b.2.saturating_sub(a.2) as f64 / secs,
+        pkts_per_wakeup: pkts as f64 / b.0 .1.saturating_sub(a.0 .1).max(1) as f64,
     }
 }
 

@@ -32,7 +32,9 @@
 //! `--traffic random|fixed|both` (default both), `--only
 //! bare,minimal,xnlb,nft,xt` (default all), `--variant NAME=OBJECT` (more
 //! xnlb objects measured in the same run, e.g. built by `cargo xtask
-//! build-ebpf --release --features ... --out ...`).
+//! build-ebpf --release --features ... --out ...`), `--thrash` (a thread
+//! sweeping 8 MiB on the receiver's CPU whenever the NAPI thread sleeps:
+//! what a receiver's code and data footprint costs on a busy node).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -52,6 +54,7 @@ struct Args {
     traffic: Vec<Traffic>,
     only: Vec<String>,
     variants: Vec<(String, PathBuf)>,
+    thrash: bool,
 }
 
 fn args() -> Args {
@@ -62,11 +65,16 @@ fn args() -> Args {
             .map(String::from)
             .to_vec(),
         variants: Vec::new(),
+        thrash: false,
     };
     let mut it = std::env::args().skip(1);
     let usage = "expected --runs N, --traffic random|fixed|both, --only bare,minimal,xnlb,nft,xt, \
-                 --variant NAME=OBJECT";
+                 --variant NAME=OBJECT, --thrash";
     while let Some(k) = it.next() {
+        if k == "--thrash" {
+            a.thrash = true;
+            continue;
+        }
         let v = it
             .next()
             .unwrap_or_else(|| panic!("{k} needs a value: {usage}"));
@@ -147,17 +155,18 @@ fn main() {
         for k in 0..configs.len() {
             let i = (k + run) % configs.len();
             let (traffic, f, q) = configs[i];
-            let s = measure(f, q, traffic, &mut r, TX_CPU, rx_cpu);
+            let s = measure(f, q, traffic, &mut r, TX_CPU, rx_cpu, args.thrash);
             eprintln!(
                 "  run {} {:<24} {:<28} owned {:>2}%: {:>6.1} ns/pkt, {:.3} Mpps received, \
-                 {:.3} Mpps offered",
+                 {:.3} Mpps offered, {:.0} pkts/wake-up",
                 run + 1,
                 traffic.name(),
                 r.name(f),
                 q * 25,
                 s.ns_per_pkt,
                 s.pps / 1e6,
-                s.offered / 1e6
+                s.offered / 1e6,
+                s.pkts_per_wakeup
             );
             samples[i].push(s);
         }
