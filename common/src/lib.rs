@@ -9,6 +9,7 @@
 //! compiled eBPF code computes the same values through `BPF_PROG_TEST_RUN`.
 #![no_std]
 
+pub mod bench;
 pub mod classify;
 pub mod hash;
 pub mod layout;

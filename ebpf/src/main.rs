@@ -38,9 +38,7 @@ use aya_ebpf::{
 };
 use core::cell::Cell;
 
-use xnlb_common::{
-    ctrl, ethertype, ipproto, Counters, FragKey, Table, FRAG_TABLE_ENTRIES,
-};
+use xnlb_common::{ctrl, ethertype, ipproto, Counters, FragKey, Table, FRAG_TABLE_ENTRIES};
 
 /// Two tables; `XNLB_CTRL[ACTIVE]` names the live one.
 #[map]
@@ -137,30 +135,33 @@ pub fn xnlb_bench_minimal(ctx: XdpContext) -> u32 {
     }
 }
 
-/// Benchmark sender (`cargo xtask bench peers`): the sender veth's ifindex,
-/// set by userspace. 0 (the default) makes [`xnlb_bench_sender`] a bare
-/// `XDP_PASS` program.
+/// Benchmark sender (`cargo xtask bench peers`): `[0]` the sender veth's
+/// ifindex, set by userspace (0, the default, makes [`xnlb_bench_sender`] a
+/// bare `XDP_PASS` program); `[1]` the traffic: 0 cycles through a fixed
+/// set of 16384 flows, 1 gives every frame a fresh random flow.
 #[map]
-static XNLB_BENCH_TX: Array<u32> = Array::pinned(1, 0);
+static XNLB_BENCH_TX: Array<u32> = Array::pinned(2, 0);
 /// Benchmark sender: frames sent so far, per CPU (the flow counter).
 #[map]
 static XNLB_BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Benchmark sender, run by `BPF_PROG_TEST_RUN` in live-frames mode on a
 /// 60-byte IPv4 UDP frame from 198.18.64.0: gives each frame the next of
-/// 16384 flows (source 198.18.64.0/18, source port spread the same way as the
-/// AF_PACKET sender's), fixes the IPv4 header checksum, zeroes the UDP one,
-/// and redirects it out of the interface in `XNLB_BENCH_TX`, so the peer's
-/// native XDP program sees an `xdp_frame` before any skb exists. With no
-/// interface set it passes everything: attached to a receiving veth it is
-/// the trivial program that lets the veth accept redirected frames. Never
-/// attached by the agent.
+/// 16384 flows (source 198.18.64.0/18, source port spread the same way as
+/// `xnlb_tests::peers::frames`) or a random flow (source in 198.18.0.0/16,
+/// any source port from 1024), fixes the IPv4 header checksum, zeroes the
+/// UDP one, and redirects it out of the interface in `XNLB_BENCH_TX`, so
+/// the peer's native XDP program sees an `xdp_frame` before any skb exists.
+/// With no interface set it passes everything: attached to a receiving
+/// veth it is the trivial program that lets the veth accept redirected
+/// frames. Never attached by the agent.
 #[xdp]
 pub fn xnlb_bench_sender(ctx: XdpContext) -> u32 {
     let ifindex = match XNLB_BENCH_TX.get(0) {
         Some(&i) if i != 0 => i,
         _ => return XDP_PASS,
     };
+    let random = matches!(XNLB_BENCH_TX.get(1), Some(&1));
     let f = packet::Frame::new(&ctx);
     let (Some(ip), Some(udp)) = (f.get::<20>(14), f.get::<8>(34)) else {
         return XDP_DROP;
@@ -174,10 +175,19 @@ pub fn xnlb_bench_sender(ctx: XdpContext) -> u32 {
         *seq = n.wrapping_add(1);
         n
     };
-    let i = n & 0x3fff;
-    let sport = 1024 + (i.wrapping_mul(7919) % 60_000) as u16;
-    // Low half of the source address: 64.0 + i (big-endian halfword).
-    ip.write::<2>(14, &((0x4000 | i) as u16).to_be_bytes());
+    let (low, sport) = if random {
+        // SAFETY: a helper call with no arguments.
+        let r = unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() };
+        (r as u16, ((r >> 16) as u16) | 1024)
+    } else {
+        let i = n & 0x3fff;
+        (
+            (0x4000 | i) as u16,
+            1024 + (i.wrapping_mul(7919) % 60_000) as u16,
+        )
+    };
+    // Low half of the source address (big-endian halfword).
+    ip.write::<2>(14, &low.to_be_bytes());
     udp.write::<2>(0, &sport.to_be_bytes());
     udp.write::<2>(6, &[0, 0]);
     ip.write::<2>(10, &[0, 0]);

@@ -83,13 +83,7 @@ fn held_here(f: &Frame, flow: &Flow, fam: u8) -> bool {
     // bytes on our stack, the current namespace and no flags; a non-null
     // result is a referenced socket we release before returning.
     unsafe {
-        let sk = bpf_skc_lookup_tcp(
-            f.ctx,
-            &mut tuple,
-            size,
-            BPF_F_CURRENT_NETNS as u64,
-            0,
-        );
+        let sk = bpf_skc_lookup_tcp(f.ctx, &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0);
         if sk.is_null() {
             return false;
         }

@@ -50,9 +50,14 @@ impl Default for Fixture {
 impl Fixture {
     /// Loads the object into `/sys/fs/bpf/xnlb-test-<pid>-<n>`.
     pub fn new() -> Fixture {
+        Fixture::from_object(&object_path())
+    }
+
+    /// Loads the object at `path` (a benchmark's variant of the program)
+    /// like [`Fixture::new`].
+    pub fn from_object(path: &std::path::Path) -> Fixture {
         crate::require_root();
-        let path = object_path();
-        let obj = std::fs::read(&path).unwrap_or_else(|e| {
+        let obj = std::fs::read(path).unwrap_or_else(|e| {
             panic!(
                 "reading {}: {e}: run `cargo xtask build-ebpf --release` first",
                 path.display()

@@ -1,46 +1,55 @@
 //! The peers benchmark's setup (`cargo xtask bench peers`, see
 //! `src/bin/bench-peers.rs` for what it compares and how it reports):
-//! fresh sender and receiver namespaces per measurement, the filter under
-//! test installed on the receiver (xnlb's XDP program, an nftables rule, or
-//! `xt_cluster` through iptables-nft or -legacy), a sender (the XDP
-//! live-frames program or an AF_PACKET socket) pinned to a CPU, and each
-//! filter's own counters read over one window.
+//! fresh sender and receiver namespaces per measurement joined by a veth
+//! pair, the receiver under test installed on the receiving veth (an XDP
+//! program, an nftables rule, or `xt_cluster` through iptables-nft), the
+//! XDP live-frames sender pinned to one CPU, the receiver's NAPI poll
+//! threaded and pinned to the other, and that thread's on-CPU time per
+//! packet it received.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
-use std::process::Command;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, Map, MapData};
-use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, XdpMode};
+use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader};
+use xnlb_common::bench::{MinimalTable, MAP_MINIMAL, PROG_MINIMAL};
 use xnlb_common::{
-    counter, slot_state, MAP_BENCH_TX, PROG_BENCH_BASELINE, PROG_BENCH_SENDER, PROG_FILTER,
+    addr_words, slot_state, Table, MAP_BENCH_TX, MAX_BUCKETS, PROG_BENCH_BASELINE,
+    PROG_BENCH_SENDER, PROG_FILTER,
 };
 
 use crate::fixture::Fixture;
 use crate::frames::{frame, IpOpts, L4};
 use crate::netns::{enter_netns, veth, Netns};
-use crate::raw::{mac_of, sockaddr_ll, PacketSocket};
-use crate::tables::{table, BUCKETS, VIP4};
+use crate::raw::mac_of;
+use crate::tables::{BUCKETS, VIP4};
 
 /// The VIP's multicast cluster MAC, where every frame goes.
 fn vip_cluster_mac() -> [u8; 6] {
     xnlb::host::cluster_mac(IpAddr::V4(VIP4), xnlb::config::MacMode::Multicast)
 }
 
-/// Distinct flows in the traffic (one source address each, 198.18.64.0/18).
+/// Distinct flows of the fixed traffic (one source address each,
+/// 198.18.64.0/18).
 pub const FLOWS: u32 = 16384;
-/// UDP destination port (a `multiple` rule, affinity none, in the test table).
+/// UDP destination port (a `multiple` rule, affinity none, in the bench
+/// table).
 pub const DPORT: u16 = 5353;
-/// Frames per sendmmsg call (AF_PACKET) or per live-frames batch (XDP).
-pub const BATCH: usize = 64;
+/// Frames per live-frames batch of the XDP sender: each batch is one
+/// flush to the veth and one wake-up of the receiver, so the largest the
+/// kernel takes (and the veth ring holds) keeps the wake-up's share of the
+/// per-packet cost small.
+pub const BATCH: usize = 256;
 /// Frames per `BPF_PROG_TEST_RUN` call of the XDP sender (a few ms each).
 pub const LIVE_REPEAT: u32 = 1 << 15;
-/// Traffic before counting (conntrack and caches warm up).
+/// Traffic before counting (conntrack, caches and the CPU clock settle).
 pub const WARMUP: Duration = Duration::from_millis(300);
 /// Counting window.
-pub const WINDOW: Duration = Duration::from_millis(1500);
+pub const WINDOW: Duration = Duration::from_millis(1000);
 /// Owned fractions, in quarters of the hash space.
 pub const OWNED: [u32; 3] = [0, 1, 2];
 const RX_ADDR: &str = "198.18.6.2";
@@ -49,162 +58,222 @@ const RX_ADDR: &str = "198.18.6.2";
 const HOLD_DEV: &str = "hold0";
 const TX_ADDR: &str = "198.18.6.1";
 
-/// How the sender puts frames on its veth.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Sender {
-    /// `xnlb_bench_sender` in `BPF_PROG_TEST_RUN` live-frames mode,
-    /// redirecting `xdp_frame`s across the veth pair.
-    Live,
-    /// An AF_PACKET socket: the receiver gets skbs.
-    AfPacket,
+/// The flows the sender puts in its frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Traffic {
+    /// A fresh random flow in every frame (source address and port): every
+    /// packet misses every per-flow cache, as a SYN flood or a large client
+    /// population does.
+    Random,
+    /// [`FLOWS`] flows in turn.
+    Fixed,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+impl Traffic {
+    pub fn name(self) -> &'static str {
+        match self {
+            Traffic::Random => "random flow per packet",
+            Traffic::Fixed => "16384 fixed flows",
+        }
+    }
+}
+
+/// What receives the traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Filter {
-    /// The receiving veth is down: the sender's own cost per frame
-    /// (AF_PACKET sender).
-    SenderOnly,
-    /// The receiving veth runs a bare `XDP_DROP` program natively: the XDP
-    /// sender's cost plus the least a receiver can do (with the receiving
-    /// veth down, a failing `ndo_xdp_xmit` costs the sender more than a
-    /// delivery does, so that is no baseline for the XDP sender).
+    /// A bare `XDP_DROP` program: the least a receiver can do.
     BareDrop,
-    /// No filter: everything goes up the stack (reference only).
-    None,
-    Xnlb,
-    /// xnlb in native (driver) mode: on a veth that is its NAPI path, which
-    /// still copies a sender's skb into a page first.
-    XnlbNative,
+    /// `xnlb-minimal`: Ethernet + IPv4 + ports, the flow hash, one array
+    /// lookup.
+    Minimal,
+    /// xnlb's filter in native mode, from object variant `n` (0: the
+    /// object under test; more with `--variant`).
+    Xnlb(usize),
+    /// An nftables rule in the netdev ingress hook, `jhash ip saddr . udp
+    /// sport mod 4`.
     Nft,
-    XtClusterNft,
-    XtClusterLegacy,
+    /// The `xt_cluster` match through iptables-nft (needs conntrack).
+    XtCluster,
 }
 
 impl Filter {
-    pub fn name(self) -> &'static str {
-        match self {
-            Filter::SenderOnly => "sender only (rx veth down)",
-            Filter::BareDrop => "sender + bare XDP_DROP rx",
-            Filter::None => "no filter (stack only)",
-            Filter::Xnlb => "xnlb XDP (generic/skb)",
-            Filter::XnlbNative => "xnlb XDP (native veth)",
-            Filter::Nft => "nft netdev ingress jhash",
-            Filter::XtClusterNft => "xt_cluster, iptables-nft",
-            Filter::XtClusterLegacy => "xt_cluster, iptables-legacy",
-        }
-    }
-    pub fn iptables(self) -> &'static str {
-        if self == Filter::XtClusterLegacy {
-            "iptables-legacy"
-        } else {
-            "iptables"
-        }
-    }
+    /// Whether this is one of the in-kernel alternatives to xnlb.
     pub fn is_peer(self) -> bool {
-        matches!(
-            self,
-            Filter::Nft | Filter::XtClusterNft | Filter::XtClusterLegacy
-        )
+        matches!(self, Filter::Nft | Filter::XtCluster)
+    }
+    /// Whether the owned fraction means anything to it.
+    pub fn hashes(self) -> bool {
+        self != Filter::BareDrop
     }
 }
 
 /// One measured window.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Rate {
-    /// Dropped by the filter, per second.
-    pub dropped: f64,
-    /// Passed by the filter, per second.
-    pub passed: f64,
-    /// Frames the sender offered, per second.
+pub struct Sample {
+    /// On-CPU ns of the receiver's NAPI thread per packet it received.
+    pub ns_per_pkt: f64,
+    /// Packets the receiver's XDP hook saw, per second.
+    pub pps: f64,
+    /// Frames the sender generated, per second.
     pub offered: f64,
-    /// Receive-CPU softirq ns per packet the filter saw (`--rps` only).
-    pub softirq_ns: f64,
+    /// Packets per wake-up of the NAPI thread: each wake-up costs the
+    /// thread a context switch and a poll set-up, shared by these packets,
+    /// so a receiver that keeps up with the sender and sleeps more often
+    /// pays more per packet (see the module documentation of the bench).
+    pub pkts_per_wakeup: f64,
 }
 
-impl Rate {
-    pub fn total(&self) -> f64 {
-        self.dropped + self.passed
+/// The receivers' programs, loaded once: xnlb object variants (each in its
+/// own pin directory), the minimal filter, and the sender's own object.
+pub struct Receivers {
+    /// `(name, fixture)` per xnlb object; the first is the object under
+    /// test and also provides the bare `XDP_DROP` and `XDP_PASS` programs.
+    pub xnlb: Vec<(String, Fixture)>,
+    minimal: Ebpf,
+    sender: Fixture,
+}
+
+impl Receivers {
+    /// Loads the default object and `variants` (`(name, object path)`).
+    pub fn load(variants: &[(String, std::path::PathBuf)]) -> Receivers {
+        let mut main = Fixture::new();
+        for prog in [PROG_BENCH_SENDER, PROG_BENCH_BASELINE] {
+            main.dp
+                .program(prog)
+                .expect("bench program")
+                .load()
+                .expect("load a bench program");
+        }
+        let mut xnlb = vec![("xnlb".to_string(), main)];
+        for (name, path) in variants {
+            xnlb.push((format!("xnlb[{name}]"), Fixture::from_object(path)));
+        }
+        let path = minimal_object_path();
+        let obj = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "reading {}: {e}: run `cargo xtask build-ebpf --release` first",
+                path.display()
+            )
+        });
+        let mut minimal = EbpfLoader::new().load(&obj).expect("load xnlb-minimal");
+        let prog: &mut Xdp = minimal
+            .program_mut(PROG_MINIMAL)
+            .expect("minimal program")
+            .try_into()
+            .expect("an XDP program");
+        prog.load().expect("load the minimal filter");
+        let mut sender = Fixture::new();
+        sender
+            .dp
+            .program(PROG_BENCH_SENDER)
+            .expect("sender program")
+            .load()
+            .expect("load the sender program");
+        Receivers {
+            xnlb,
+            minimal,
+            sender,
+        }
+    }
+
+    /// Display name of `f`.
+    pub fn name(&self, f: Filter) -> String {
+        match f {
+            Filter::BareDrop => "bare XDP_DROP".into(),
+            Filter::Minimal => "minimal XDP filter".into(),
+            Filter::Xnlb(i) => self.xnlb[i].0.clone(),
+            Filter::Nft => "nftables netdev jhash".into(),
+            Filter::XtCluster => "xt_cluster (iptables-nft)".into(),
+        }
+    }
+
+    fn set_minimal(&mut self, quarters: u32, if_mac: [u8; 6]) {
+        let mut m = [0u8; 8];
+        m[..6].copy_from_slice(&if_mac);
+        let mut t = Box::new(MinimalTable {
+            if_mac: u64::from_le_bytes(m),
+            seed: bench_table(0).seed,
+            vip: addr_words(&xnlb::flow::ip_bytes(IpAddr::V4(VIP4)))[0],
+            buckets: BUCKETS,
+            state: [slot_state::NOT_OWNED; MAX_BUCKETS as usize],
+        });
+        for (b, s) in t.state.iter_mut().enumerate().take(BUCKETS as usize) {
+            if (b % 4) < quarters as usize {
+                *s = slot_state::OWNED;
+            }
+        }
+        let mut map: Array<&mut MapData, MinimalTable> =
+            Array::try_from(self.minimal.map_mut(MAP_MINIMAL).expect("minimal map"))
+                .expect("minimal map type");
+        map.set(0, *t, 0).expect("minimal table");
     }
 }
 
-/// The traffic: one 60-byte UDP frame per flow.
-pub fn frames() -> Vec<Vec<u8>> {
-    (0..FLOWS)
-        .map(|i| {
-            let src = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 64, 0)) + i);
-            // Spread source ports too (xnlb and nft hash them).
-            let sport = 1024 + (i.wrapping_mul(7919) % 60_000) as u16;
-            frame(
-                vip_cluster_mac(),
-                IpAddr::V4(src),
-                IpAddr::V4(VIP4),
-                &L4::Udp {
-                    sport,
-                    dport: DPORT,
-                    len: 18,
-                },
-                &IpOpts::default(),
-            )
+/// Path of `target/bpf/xnlb-minimal.bpf.o` (`XNLB_MINIMAL_OBJ` overrides).
+pub fn minimal_object_path() -> std::path::PathBuf {
+    std::env::var_os("XNLB_MINIMAL_OBJ")
+        .map(Into::into)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bpf/xnlb-minimal.bpf.o")
         })
-        .collect()
 }
 
-/// Pins the calling thread to CPU `cpu`.
-fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is valid; affects only this thread.
-    unsafe {
+/// The table xnlb serves in the benchmark: the kernel tests' table (three
+/// VIPs, the UDP port's rule sixth of the first VIP's rules), `quarters` of
+/// every 4 buckets owned.
+pub fn bench_table(quarters: u32) -> Box<Table> {
+    let mut t = crate::tables::table(slot_state::NOT_OWNED);
+    for b in 0..BUCKETS as usize {
+        if (b % 4) < quarters as usize {
+            t.state[b] = slot_state::OWNED;
+        }
+    }
+    t
+}
+
+/// The template frame the XDP sender rewrites: UDP from 198.18.64.0 to the
+/// VIP's port [`DPORT`], 60 bytes.
+pub fn template() -> Vec<u8> {
+    frame(
+        vip_cluster_mac(),
+        IpAddr::V4(Ipv4Addr::new(198, 18, 64, 0)),
+        IpAddr::V4(VIP4),
+        &L4::Udp {
+            sport: 1024,
+            dport: DPORT,
+            len: 18,
+        },
+        &IpOpts::default(),
+    )
+}
+
+/// Pins thread or process `pid` (0: the calling thread) to CPU `cpu`.
+fn pin_to(pid: i32, cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; affects only `pid`.
+    let rc = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
-/// Floods `frames` out of `eth0` through an AF_PACKET socket until `stop`,
-/// adding every frame it offered to the kernel to `offered`. Runs on the
-/// calling thread, which must be in the sender's namespace.
-fn af_packet_loop(frames: &[Vec<u8>], stop: &AtomicBool, offered: &AtomicU64) {
-    let sock = PacketSocket::sender("eth0");
-    let mut addr = sockaddr_ll(sock.ifindex(), libc::ETH_P_IP as u16, vip_cluster_mac());
-    let mut iov: Vec<libc::iovec> = frames
-        .iter()
-        .map(|f| libc::iovec {
-            iov_base: f.as_ptr() as *mut libc::c_void,
-            iov_len: f.len(),
-        })
-        .collect();
-    let mut msgs: Vec<libc::mmsghdr> = iov
-        .iter_mut()
-        .map(|v| {
-            // SAFETY: a zeroed mmsghdr is valid; the pointers set below
-            // point into `addr` and `iov`, which outlive every send.
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_name = &mut addr as *mut _ as *mut libc::c_void;
-            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-            m.msg_hdr.msg_iov = v as *mut libc::iovec;
-            m.msg_hdr.msg_iovlen = 1;
-            m
-        })
-        .collect();
-    let mut at = 0usize;
-    while !stop.load(Ordering::Relaxed) {
-        // SAFETY: `msgs[at..at + BATCH]` are valid messages (`at` stays
-        // below `msgs.len() - BATCH`) whose buffers are in `frames`.
-        let n =
-            unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr().add(at), BATCH as u32, 0) };
-        // A refused frame (full backlog, or no carrier in the
-        // sender-only baseline) still cost the sender its work:
-        // count it as offered, skip it and go on.
-        let took = if n > 0 { n as usize } else { 1 };
-        offered.fetch_add(took as u64, Ordering::Relaxed);
-        at = (at + took) % (msgs.len() - BATCH);
-    }
+        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(
+        rc,
+        0,
+        "pinning {pid} to CPU {cpu}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Runs `xnlb_bench_sender` of `sfx` in live-frames mode on `template`
 /// (redirecting out of `eth0`) until `stop`, adding the frames it generated
 /// to `offered`. Runs on the calling thread, which must be in the sender's
 /// namespace: the redirect's ifindex is looked up there.
-fn live_loop(sfx: &mut Fixture, template: &[u8], stop: &AtomicBool, offered: &AtomicU64) {
+fn live_loop(
+    sfx: &mut Fixture,
+    template: &[u8],
+    traffic: Traffic,
+    stop: &AtomicBool,
+    offered: &AtomicU64,
+) {
     // SAFETY: a NUL-terminated name.
     let ifindex = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
     assert!(ifindex > 0, "eth0 in the sender namespace");
@@ -212,6 +281,8 @@ fn live_loop(sfx: &mut Fixture, template: &[u8], stop: &AtomicBool, offered: &At
     let data = MapData::from_pin(&pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display()));
     let mut tx: Array<MapData, u32> = Array::try_from(Map::Array(data)).expect("sender map");
     tx.set(0, ifindex, 0).expect("sender ifindex");
+    tx.set(1, u32::from(traffic == Traffic::Random), 0)
+        .expect("sender traffic");
     let prog = sfx.dp.program(PROG_BENCH_SENDER).expect("sender program");
     // Every BPF_PROG_TEST_RUN of an XDP program adds it to the kernel's XDP
     // dispatcher and removes it after, each with a synchronize_rcu() (~8 ms
@@ -229,35 +300,83 @@ fn live_loop(sfx: &mut Fixture, template: &[u8], stop: &AtomicBool, offered: &At
             attrs: TestRunAttrs::new().xdp_live_frames(BATCH as u32),
             ..Default::default()
         };
-        prog.test_run(opts)
-            .expect("BPF_PROG_TEST_RUN, live frames (needs Linux >= 5.18)");
-        offered.fetch_add(LIVE_REPEAT as u64, Ordering::Relaxed);
+        match prog.test_run(opts) {
+            Ok(_) => {
+                offered.fetch_add(LIVE_REPEAT as u64, Ordering::Relaxed);
+            }
+            // A pending signal ends a batch early (how far it got is not
+            // reported; the offered rate is only shown, never used).
+            Err(aya::programs::ProgramError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("BPF_PROG_TEST_RUN, live frames (needs Linux >= 5.18): {e}"),
+        }
     }
     let _ = prog.detach(hold);
-    // A stale ifindex must not outlive the namespace (the map is per fixture,
-    // but be tidy).
+    // A stale ifindex must not outlive the namespace.
     let _ = tx.set(0, 0, 0);
 }
 
-/// Softirq ticks of CPU `cpu` from /proc/stat.
-fn softirq_ticks(cpu: usize) -> u64 {
-    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let tag = format!("cpu{cpu} ");
-    s.lines()
-        .find(|l| l.starts_with(&tag))
-        .and_then(|l| l.split_whitespace().nth(7)?.parse().ok())
-        .unwrap_or(0)
+/// Gives thread `pid` a real-time (FIFO) priority: it runs as soon as the
+/// sender wakes it, whatever else the shared machine runs on its CPU, so
+/// each wake-up finds the same batch of frames and no other task's time
+/// slice sits between the sender's flush and the poll. (It is busy well
+/// under half the time; the kernel's real-time throttling bounds it anyway.)
+fn realtime(pid: i32) {
+    let param = libc::sched_param { sched_priority: 50 };
+    // SAFETY: plain syscall on a thread we created (the veth's NAPI thread).
+    let rc = unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param) };
+    assert_eq!(
+        rc,
+        0,
+        "SCHED_FIFO for {pid}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// PIDs of the kernel's threaded-NAPI pollers (`napi/<dev>-<id>`).
+fn napi_threads() -> HashSet<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return HashSet::new();
+    };
+    dir.filter_map(|e| {
+        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        comm.starts_with("napi/").then_some(pid)
+    })
+    .collect()
+}
+
+/// On-CPU ns of thread `pid` so far and the times it was scheduled in
+/// (`/proc/<pid>/schedstat`, first and third fields).
+fn schedstat(pid: i32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/schedstat: {e}"));
+    let v: Vec<u64> = s
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    match v[..] {
+        [ns, _, slices, ..] => (ns, slices),
+        _ => panic!("/proc/{pid}/schedstat: {s:?}"),
+    }
+}
+
+/// Frames the receiving veth's XDP hook processed so far.
+fn xdp_packets(rx: &Netns) -> u64 {
+    rx.sh("ethtool -S eth0")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("rx_queue_0_xdp_packets:"))
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .sum()
 }
 
 /// One measurement's namespaces, removed on drop (also on panic).
 struct Topo {
     tx: Netns,
     rx: Netns,
-    /// The receiver's XDP program (name) and its link, detached after.
-    xdp: Option<(&'static str, aya::programs::xdp::XdpLinkId)>,
 }
 
-fn build(rx_cpu: Option<usize>) -> Topo {
+fn build() -> Topo {
     let tx = Netns::new("pt");
     let rx = Netns::new("pr");
     veth(&tx, "eth0", &rx, "eth0");
@@ -267,61 +386,54 @@ fn build(rx_cpu: Option<usize>) -> Topo {
     rx.sh(&format!(
         "ip addr add {RX_ADDR}/24 dev eth0 && ip addr add {VIP4}/32 dev lo"
     ));
-    if let Some(cpu) = rx_cpu {
-        rx.sh(&format!(
-            "echo {:x} > /sys/class/net/eth0/queues/rx-0/rps_cpus",
-            1u64 << cpu
-        ));
-    }
-    Topo { tx, rx, xdp: None }
+    Topo { tx, rx }
 }
 
-/// Attaches `prog` of `fx` to the receiver's eth0 in `mode`.
-fn attach(t: &mut Topo, fx: &mut Fixture, prog: &'static str, mode: XdpMode) {
-    let id = t.rx.enter(|| {
-        fx.dp
-            .program(prog)
-            .expect("program")
-            .attach("eth0", mode)
-            .expect("attach XDP")
-    });
-    t.xdp = Some((prog, id));
+/// Attaches `prog` natively to the receiver's eth0, in `rx`'s namespace.
+fn attach(rx: &Netns, prog: &mut Xdp) -> aya::programs::xdp::XdpLinkId {
+    rx.enter(|| prog.attach("eth0", XdpMode::Driver).expect("attach XDP"))
 }
 
-fn install(t: &mut Topo, f: Filter, quarters: u32, fx: &mut Fixture, sender: Sender) {
-    // With the XDP sender, a receiving veth only accepts redirected frames
-    // while it runs a native XDP program: the stack-based filters get the
-    // bare pass program (skbs are then built from the frames).
-    if sender == Sender::Live
-        && matches!(
-            f,
-            Filter::None | Filter::Nft | Filter::XtClusterNft | Filter::XtClusterLegacy
-        )
-    {
-        attach(t, fx, PROG_BENCH_SENDER, XdpMode::Driver);
-    }
-    match f {
-        Filter::None => {}
-        Filter::SenderOnly => {
-            t.rx.sh("ip link set eth0 down");
+/// Installs receiver `f` owning `quarters` of 4; returns the XDP program
+/// attached (to detach after). A veth accepts redirected frames only with
+/// a native XDP program attached, so the stack-based peers get the bare
+/// pass program in front (skbs are then built from the frames).
+fn install(
+    t: &Topo,
+    f: Filter,
+    quarters: u32,
+    r: &mut Receivers,
+) -> (Option<usize>, aya::programs::xdp::XdpLinkId) {
+    let (fixture, id) = match f {
+        Filter::BareDrop => {
+            let p = r.xnlb[0].1.dp.program(PROG_BENCH_BASELINE).expect("drop");
+            (Some(0), attach(&t.rx, p))
         }
-        Filter::BareDrop => attach(t, fx, PROG_BENCH_BASELINE, XdpMode::Driver),
-        Filter::Xnlb | Filter::XnlbNative => {
-            let mut tab = table(slot_state::NOT_OWNED);
-            for b in 0..BUCKETS as usize {
-                if (b % 4) < quarters as usize {
-                    tab.state[b] = slot_state::OWNED;
-                }
-            }
-            fx.serve(&tab);
+        Filter::Minimal => {
+            r.set_minimal(quarters, mac_of(&t.rx, "eth0"));
+            let p: &mut Xdp = r
+                .minimal
+                .program_mut(PROG_MINIMAL)
+                .expect("minimal")
+                .try_into()
+                .expect("XDP");
+            (None, attach(&t.rx, p))
+        }
+        Filter::Xnlb(i) => {
+            let fx = &mut r.xnlb[i].1;
+            fx.serve(&bench_table(quarters));
             fx.dp.set_if_mac(mac_of(&t.rx, "eth0")).expect("if mac");
-            let mode = if f == Filter::Xnlb {
-                XdpMode::Skb
-            } else {
-                XdpMode::Driver
-            };
-            attach(t, fx, PROG_FILTER, mode);
+            (
+                Some(i),
+                attach(&t.rx, fx.dp.program(PROG_FILTER).expect("xnlb")),
+            )
         }
+        Filter::Nft | Filter::XtCluster => {
+            let p = r.xnlb[0].1.dp.program(PROG_BENCH_SENDER).expect("pass");
+            (Some(0), attach(&t.rx, p))
+        }
+    };
+    match f {
         Filter::Nft => {
             t.rx.sh(&format!(
                 "nft -f - <<'EOF'\n\
@@ -334,8 +446,7 @@ fn install(t: &mut Topo, f: Filter, quarters: u32, fx: &mut Fixture, sender: Sen
                  EOF"
             ));
         }
-        Filter::XtClusterNft | Filter::XtClusterLegacy => {
-            let ipt = f.iptables();
+        Filter::XtCluster => {
             // 0 of 4 hash values: an inverted all-ones mask (the hash is
             // still computed, and never matches); otherwise the low
             // `quarters` values.
@@ -344,101 +455,83 @@ fn install(t: &mut Topo, f: Filter, quarters: u32, fx: &mut Fixture, sender: Sen
                 q => format!("--cluster-local-nodemask {:#x}", (1u32 << q) - 1),
             };
             t.rx.sh(&format!(
-                "{ipt} -t mangle -A PREROUTING -d {VIP4} -p udp -m cluster --cluster-total-nodes 4 \
-                 {mask} --cluster-hash-seed 0x5eed -j MARK --set-mark 0xffff && \
-                 {ipt} -t mangle -A PREROUTING -d {VIP4} -p udp -m mark ! --mark 0xffff -j DROP"
+                "iptables -t mangle -A PREROUTING -d {VIP4} -p udp -m cluster \
+                 --cluster-total-nodes 4 {mask} --cluster-hash-seed 0x5eed -j MARK --set-mark 0xffff && \
+                 iptables -t mangle -A PREROUTING -d {VIP4} -p udp -m mark ! --mark 0xffff -j DROP"
             ));
         }
+        _ => {}
     }
+    (fixture, id)
 }
 
-/// `(dropped, passed)` so far, from the filter's own counters.
-fn counts(t: &Topo, f: Filter, fx: &Fixture) -> (u64, u64) {
-    match f {
-        Filter::SenderOnly | Filter::BareDrop => (0, 0),
-        Filter::None => (
-            0,
-            t.rx.sh("cat /sys/class/net/eth0/statistics/rx_packets")
-                .trim()
-                .parse()
-                .unwrap_or(0),
-        ),
-        Filter::Xnlb | Filter::XnlbNative => {
-            let c = fx.counters().c;
-            let dropped = c[counter::DROPPED_NOT_OWNER]
-                + c[counter::DROPPED_FENCED]
-                + c[counter::DROPPED_MALFORMED]
-                + c[counter::DROPPED_DISABLED];
-            (dropped, c[counter::PASSED])
-        }
-        Filter::Nft => {
-            let out = t.rx.sh("nft list table netdev xpeer");
-            let v: Vec<u64> = out
-                .lines()
-                .filter_map(|l| {
-                    let i = l.find("counter packets ")?;
-                    l[i + 16..].split_whitespace().next()?.parse().ok()
-                })
-                .collect();
-            (
-                v.first().copied().unwrap_or(0),
-                v.get(1).copied().unwrap_or(0),
-            )
-        }
-        Filter::XtClusterNft | Filter::XtClusterLegacy => {
-            let out = t.rx.sh(&format!(
-                "{} -t mangle -L PREROUTING -v -x -n",
-                f.iptables()
-            ));
-            let pk = |target: &str| -> u64 {
-                out.lines()
-                    .find(|l| l.split_whitespace().nth(2) == Some(target))
-                    .and_then(|l| l.split_whitespace().next()?.parse().ok())
-                    .unwrap_or(0)
-            };
-            (pk("DROP"), pk("MARK"))
+/// Makes the receiving veth's NAPI poll a kernel thread of its own, pins
+/// it to `cpu` and makes it real-time; returns its PID. (The veth has a NAPI context only
+/// while an XDP program is attached, so this follows [`install`].)
+fn thread_napi(rx: &Netns, cpu: usize) -> i32 {
+    let before = napi_threads();
+    rx.sh("echo 1 > /sys/class/net/eth0/threaded");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let new: Vec<i32> = napi_threads().difference(&before).copied().collect();
+        match new[..] {
+            [pid] => {
+                pin_to(pid, cpu);
+                realtime(pid);
+                return pid;
+            }
+            [] if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => panic!("expected one new NAPI thread for the receiving veth, found {new:?}"),
         }
     }
 }
 
-/// What a sender sends: the AF_PACKET frames, or the XDP sender's fixture
-/// and template frame.
-pub enum Source<'a> {
-    AfPacket(&'a [Vec<u8>]),
-    Live(&'a mut Fixture, &'a [u8]),
-}
+/// Bytes [`thrash_caches`] sweeps: past the L2 caches of this machine.
+const THRASH_BYTES: usize = 8 << 20;
 
-impl Source<'_> {
-    fn kind(&self) -> Sender {
-        match self {
-            Source::AfPacket(_) => Sender::AfPacket,
-            Source::Live(..) => Sender::Live,
+/// Sweeps a buffer larger than the L2 cache on `cpu` at normal priority
+/// until `stop`: it runs whenever the (real-time) NAPI thread sleeps and
+/// evicts its code and data, as other work on a busy node does. With it the
+/// benchmark shows what a receiver's cache footprint costs.
+fn thrash_caches(cpu: usize, stop: &AtomicBool) {
+    pin_to(0, cpu);
+    let mut buf = vec![0u8; THRASH_BYTES];
+    let mut n = 0u8;
+    while !stop.load(Ordering::Relaxed) {
+        for line in buf.chunks_mut(64) {
+            line[0] = line[0].wrapping_add(n);
         }
+        n = n.wrapping_add(1);
+        std::hint::black_box(&buf);
     }
 }
 
+/// Measures receiver `f` owning `quarters` of 4 under `traffic`: the
+/// sender on `tx_cpu`, the receiver's NAPI thread on `rx_cpu`, with
+/// [`thrash_caches`] there too if `thrash`.
 pub fn measure(
     f: Filter,
     quarters: u32,
-    fx: &mut Fixture,
-    src: &mut Source,
+    traffic: Traffic,
+    r: &mut Receivers,
     tx_cpu: usize,
-    rx_cpu: Option<usize>,
-) -> Rate {
-    let mut t = build(rx_cpu);
-    install(&mut t, f, quarters, fx, src.kind());
+    rx_cpu: usize,
+    thrash: bool,
+) -> Sample {
+    let t = build();
+    let (fixture, link) = install(&t, f, quarters, r);
+    let napi = thread_napi(&t.rx, rx_cpu);
+    let template = template();
     let stop = AtomicBool::new(false);
     let offered = AtomicU64::new(0);
-    let cpu = rx_cpu.unwrap_or(tx_cpu);
-    let ((d0, p0, o0, si0), (d1, p1, o1, si1), secs) = std::thread::scope(|s| {
+    let sender_fx = &mut r.sender;
+    let (a, b, secs) = std::thread::scope(|s| {
         let (stop, offered, ns) = (&stop, &offered, t.tx.name.clone());
+        let template = &template;
         let sender = s.spawn(move || {
             enter_netns(&ns);
-            pin_to(tx_cpu);
-            match src {
-                Source::AfPacket(frames) => af_packet_loop(frames, stop, offered),
-                Source::Live(sfx, template) => live_loop(sfx, template, stop, offered),
-            }
+            pin_to(0, tx_cpu);
+            live_loop(sender_fx, template, traffic, stop, offered)
         });
         // Stop the sender even if counting panics.
         struct StopOnDrop<'a>(&'a AtomicBool);
@@ -448,10 +541,16 @@ pub fn measure(
             }
         }
         let _guard = StopOnDrop(stop);
+        if thrash {
+            s.spawn(move || thrash_caches(rx_cpu, stop));
+        }
         std::thread::sleep(WARMUP);
         let sample = || {
-            let (d, p) = counts(&t, f, fx);
-            (d, p, offered.load(Ordering::Relaxed), softirq_ticks(cpu))
+            (
+                schedstat(napi),
+                xdp_packets(&t.rx),
+                offered.load(Ordering::Relaxed),
+            )
         };
         let a = sample();
         let t0 = Instant::now();
@@ -464,32 +563,44 @@ pub fn measure(
         }
         (a, b, secs)
     });
-    if let Some((prog, id)) = t.xdp.take() {
-        t.rx.enter(|| {
-            let _ = fx.dp.program(prog).map(|p| p.detach(id));
-        });
-    }
-    let (d, p) = (d1.saturating_sub(d0), p1.saturating_sub(p0));
-    // USER_HZ is 100 on Linux: a tick is 10 ms.
-    let tick_ns = 1e7;
-    Rate {
-        dropped: d as f64 / secs,
-        passed: p as f64 / secs,
-        offered: o1.saturating_sub(o0) as f64 / secs,
-        softirq_ns: si1.saturating_sub(si0) as f64 * tick_ns / (d + p).max(1) as f64,
+    t.rx.enter(|| match fixture {
+        Some(i) => {
+            let dp = &mut r.xnlb[i].1.dp;
+            let prog = match f {
+                Filter::BareDrop => PROG_BENCH_BASELINE,
+                Filter::Xnlb(_) => PROG_FILTER,
+                _ => PROG_BENCH_SENDER,
+            };
+            let _ = dp.program(prog).map(|p| p.detach(link));
+        }
+        None => {
+            let p: Result<&mut Xdp, _> = r
+                .minimal
+                .program_mut(PROG_MINIMAL)
+                .expect("minimal")
+                .try_into();
+            let _ = p.map(|p| p.detach(link));
+        }
+    });
+    let pkts = b.1.saturating_sub(a.1);
+    Sample {
+        ns_per_pkt: b.0 .0.saturating_sub(a.0 .0) as f64 / pkts.max(1) as f64,
+        pps: pkts as f64 / secs,
+        offered: b.2.saturating_sub(a.2) as f64 / secs,
+        pkts_per_wakeup: pkts as f64 / b.0 .1.saturating_sub(a.0 .1).max(1) as f64,
     }
 }
 
-/// Whether `iptables` (binary `ipt`) can load the xt_cluster match here.
-pub fn xt_cluster_available(ipt: &str) -> Result<(), String> {
+/// Whether iptables-nft can load the xt_cluster match here.
+pub fn xt_cluster_available() -> Result<(), String> {
     let ns = Netns::new("px");
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, ipt, "-t", "mangle", "-A"])
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "iptables", "-t", "mangle", "-A"])
         .args(["PREROUTING", "-m", "cluster", "--cluster-total-nodes", "2"])
         .args(["--cluster-local-node", "1", "--cluster-hash-seed", "1"])
         .args(["-j", "MARK", "--set-mark", "1"])
         .output()
-        .map_err(|e| format!("{ipt}: {e}"))?;
+        .map_err(|e| format!("iptables: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {

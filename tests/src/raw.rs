@@ -108,27 +108,7 @@ impl PacketSocket {
         Ok(PacketSocket { fd, ifindex: 0 })
     }
 
-    /// Send-only (it receives no protocol), out of `dev`, bypassing the
-    /// qdisc: frames go straight to the driver (a benchmark's sender).
-    pub fn sender(dev: &str) -> PacketSocket {
-        let ifindex = ifindex(dev);
-        assert!(ifindex > 0, "{dev} in the sender namespace");
-        let fd = packet_fd(0, 0).unwrap_or_else(|e| panic!("AF_PACKET socket: {e}"));
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt with an int on a descriptor we own.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_QDISC_BYPASS,
-                &one as *const _ as *const libc::c_void,
-                4,
-            )
-        };
-        PacketSocket { fd, ifindex }
-    }
-
-    /// The interface it is bound to or sends from (0: any).
+    /// The interface it is bound to (0: any).
     pub fn ifindex(&self) -> i32 {
         self.ifindex
     }

@@ -27,6 +27,14 @@ enum Cmd {
         /// Optimised build (always used by the agent and the tests).
         #[arg(long)]
         release: bool,
+        /// Cargo features of the eBPF crate: variants with parts of the
+        /// data plane switched off, for `bench peers --variant` (never
+        /// loaded by the agent).
+        #[arg(long)]
+        features: Option<String>,
+        /// Where to write the object (default target/bpf/xnlb.bpf.o).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Build everything and run every test suite (kernel tests need root).
     Test {
@@ -54,6 +62,9 @@ enum Cmd {
     Bench {
         /// Which benchmark.
         which: String,
+        /// Passed on to the benchmark (e.g. `bench peers -- --runs 7`).
+        #[arg(last = true)]
+        args: Vec<String>,
     },
     /// Run a 3-node cluster under load with every CPU saturated and report
     /// membership changes no fault caused.
@@ -68,8 +79,12 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
     match cli.cmd {
-        Cmd::BuildEbpf { release } => {
-            build_ebpf(&root, release)?;
+        Cmd::BuildEbpf {
+            release,
+            features,
+            out,
+        } => {
+            build_ebpf_with(&root, release, features.as_deref(), out.as_deref())?;
         }
         Cmd::Test { no_kernel } => test(&root, no_kernel)?,
         Cmd::Package => {
@@ -85,16 +100,16 @@ fn main() -> Result<()> {
             }
             sim(&root, &args)?
         }
-        Cmd::Bench { which } => match which.as_str() {
+        Cmd::Bench { which, args } => match which.as_str() {
             "dataplane" => {
                 build_ebpf(&root, true)?;
-                run_bin(&root, "bench-dataplane", &[])?
+                run_bin(&root, "bench-dataplane", &args)?
             }
             "converge" => sim(&root, &["--bench-converge".to_string()])?,
             "failover" | "peers" => {
                 build_ebpf(&root, true)?;
                 build_agent(&root)?;
-                run_bin(&root, &format!("bench-{which}"), &[])?
+                run_bin(&root, &format!("bench-{which}"), &args)?
             }
             other => bail!(
                 "unknown benchmark {other:?}: expected dataplane, converge, failover or peers"
@@ -127,29 +142,49 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Builds the eBPF crate and copies the object to `target/bpf/xnlb.bpf.o`.
+/// Builds the eBPF crate and copies the object to `target/bpf/xnlb.bpf.o`
+/// (and the benchmarks' reference filter to `target/bpf/xnlb-minimal.bpf.o`).
 fn build_ebpf(root: &Path, release: bool) -> Result<PathBuf> {
+    build_ebpf_with(root, release, None, None)
+}
+
+/// [`build_ebpf`] with eBPF crate `features`, the object written to `out`.
+fn build_ebpf_with(
+    root: &Path,
+    release: bool,
+    features: Option<&str>,
+    out: Option<&Path>,
+) -> Result<PathBuf> {
     let tc = toolchain::find()?;
     eprintln!("xtask: building the XDP program with {}", tc.describe());
     let ebpf_dir = root.join("ebpf");
     let mut cmd = tc.cargo_build(&ebpf_dir, release);
+    if let Some(f) = features {
+        cmd.args(["--features", f]);
+    }
     run(&mut cmd)?;
     let profile = if release { "release" } else { "debug" };
-    let built = ebpf_dir
-        .join("target/bpfel-unknown-none")
-        .join(profile)
-        .join("xnlb");
+    let built = ebpf_dir.join("target/bpfel-unknown-none").join(profile);
     let out_dir = root.join("target/bpf");
     std::fs::create_dir_all(&out_dir)?;
-    let out = out_dir.join("xnlb.bpf.o");
-    // Only replace the object when it changed, so cargo does not rebuild the
-    // agent (which embeds it) for nothing.
-    let new = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
-    if std::fs::read(&out).ok().as_deref() != Some(&new[..]) {
-        std::fs::write(&out, &new)?;
-    }
+    let out = out.map_or_else(|| out_dir.join("xnlb.bpf.o"), Path::to_path_buf);
+    copy_if_changed(&built.join("xnlb"), &out)?;
+    copy_if_changed(
+        &built.join("xnlb-minimal"),
+        &out_dir.join("xnlb-minimal.bpf.o"),
+    )?;
     eprintln!("xtask: XDP object at {}", out.display());
     Ok(out)
+}
+
+/// Copies `from` to `to` unless `to` already holds the same bytes, so cargo
+/// does not rebuild the agent (which embeds the object) for nothing.
+fn copy_if_changed(from: &Path, to: &Path) -> Result<()> {
+    let new = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+    if std::fs::read(to).ok().as_deref() != Some(&new[..]) {
+        std::fs::write(to, &new)?;
+    }
+    Ok(())
 }
 
 /// `cargo run --release` of binary `bin` of `package` (with `features`).

@@ -46,6 +46,7 @@ fn main() {
     let (own6, _) = port(VIP6.into(), c6, ipproto::UDP, 5353, slot_state::OWNED);
     let (rel, rel_slot) = port(VIP4.into(), c4, ipproto::TCP, 8200, slot_state::OWNED);
     let (fport, _) = port(VIP4.into(), c4, ipproto::UDP, 5353, slot_state::OWNED);
+    let (udp_foreign, _) = port(VIP4.into(), c4, ipproto::UDP, 5353, slot_state::NOT_OWNED);
     let ack = |p: u16| L4::Tcp {
         sport: p,
         dport: 80,
@@ -115,6 +116,23 @@ fn main() {
             "not-owned IPv4 TCP",
             PROG_FILTER,
             frame(cmac4, c4, VIP4.into(), &ack(foreign), &none),
+            1,
+        ),
+        (
+            // What `bench peers` sends: its rule is the VIP's sixth.
+            "not-owned IPv4 UDP, sixth rule",
+            PROG_FILTER,
+            frame(
+                cmac4,
+                c4,
+                VIP4.into(),
+                &L4::Udp {
+                    sport: udp_foreign,
+                    dport: 5353,
+                    len: 32,
+                },
+                &none,
+            ),
             1,
         ),
         (
