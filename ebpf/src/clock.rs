@@ -32,6 +32,9 @@ pub enum Standing {
 /// [`lease_valid`] for why this clock).
 #[inline(always)]
 pub fn standing() -> Standing {
+    if cfg!(feature = "bisect-no-lease-clock") {
+        return Standing::Serving;
+    }
     let (Some(lease), Some(hold)) = (XNLB_CTRL.get(ctrl::LEASE), XNLB_CTRL.get(ctrl::HOLD)) else {
         return Standing::Fenced;
     };
