@@ -10,8 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use xnlb_tests::cluster::checks::CONVERGE;
-use xnlb_tests::cluster::{echo_round, wait_until, Cluster, ClusterSpec, Conn};
+use xnlb_tests::cluster::checks::{fenced_by_others, CONVERGE};
+use xnlb_tests::cluster::{echo_round, Cluster, ClusterSpec, Conn};
 
 const CONNS: u16 = 90;
 
@@ -49,18 +49,6 @@ fn keep_echoing(conns: &mut [Conn], d: Duration, when: &str) {
 
 fn held_by(conns: &[Conn], id: u8) -> usize {
     conns.iter().filter(|k| k.node == id).count()
-}
-
-/// Waits until the others have fenced member `id`.
-fn fenced_by_others(c: &Cluster, id: u8) {
-    let ok = wait_until(Duration::from_secs(5), || {
-        c.status(1).is_some_and(|s| {
-            s.members
-                .iter()
-                .any(|m| m.id == id && (m.state == "dead" || m.buckets == 0))
-        })
-    });
-    assert!(ok, "member {id} was not fenced: {:?}", c.status(1));
 }
 
 /// Runs `fault` on node 3 with connections echoing before, during and
