@@ -12,7 +12,7 @@ pub mod nginx;
 pub mod served;
 pub mod wrk;
 
-pub use nginx::Nginx;
+pub use nginx::{LogFollower, Nginx};
 pub use served::{ServedConn, ServedRequest};
 pub use wrk::{Load, LoadReport, LoadSpec, WrkReport};
 

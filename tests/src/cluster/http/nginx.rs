@@ -134,6 +134,20 @@ impl Nginx {
         out
     }
 
+    /// Follows the access logs from their current end: each
+    /// [`LogFollower::poll`] returns the requests logged since the last.
+    pub fn follow(&self) -> LogFollower {
+        let mut f = LogFollower {
+            logs: self
+                .servers
+                .iter()
+                .map(|(id, _)| (self.dir.join(format!("n{id}.access.log")), 0, Vec::new()))
+                .collect(),
+        };
+        f.poll();
+        f
+    }
+
     /// Stops every nginx by the PID this process started: SIGTERM to the
     /// master (it stops its worker), then SIGKILL to what is left after
     /// 3 s.
@@ -162,6 +176,45 @@ impl Nginx {
                 let _ = child.wait();
             }
         }
+    }
+}
+
+/// Reads what the access logs gained since the last call (they are only
+/// appended to, one line per request).
+pub struct LogFollower {
+    /// Per log: its path, how far it was read, an incomplete last line.
+    logs: Vec<(PathBuf, u64, Vec<u8>)>,
+}
+
+impl LogFollower {
+    /// The requests logged since the previous call.
+    pub fn poll(&mut self) -> Vec<ServedRequest> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut out = Vec::new();
+        for (path, offset, partial) in &mut self.logs {
+            let Ok(mut f) = std::fs::File::open(&*path) else {
+                continue;
+            };
+            if f.seek(SeekFrom::Start(*offset)).is_err() {
+                continue;
+            }
+            let mut fresh = Vec::new();
+            let Ok(n) = f.read_to_end(&mut fresh) else {
+                continue;
+            };
+            *offset += n as u64;
+            partial.extend_from_slice(&fresh);
+            let Some(end) = partial.iter().rposition(|&b| b == b'\n') else {
+                continue;
+            };
+            let complete: Vec<u8> = partial.drain(..=end).collect();
+            out.extend(
+                String::from_utf8_lossy(&complete)
+                    .lines()
+                    .filter_map(parse_line),
+            );
+        }
+        out
     }
 }
 

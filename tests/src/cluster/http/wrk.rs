@@ -33,8 +33,9 @@ pub struct LoadSpec {
     pub new_conns: u32,
     /// wrk threads for the new connections.
     pub new_threads: u32,
-    /// How long both run, whole seconds (wrk's unit).
-    pub duration_s: u32,
+    /// The longest both may run, whole seconds (wrk's unit); the test
+    /// ends them sooner with [`Load::stop`].
+    pub max_duration_s: u32,
     /// wrk's `--timeout`: a response later than this counts as an error.
     /// Longer than any planned stall, so a stall shows as latency.
     pub timeout_s: u32,
@@ -164,6 +165,16 @@ impl Running {
         }
     }
 
+    /// Asks wrk to end now: SIGINT ends its run early, and it reports as
+    /// at the end of its duration.
+    fn interrupt(&self) {
+        if let Some(c) = &self.child {
+            // SAFETY: signalling a child process we started (nsenter
+            // execs wrk, so the child's PID is wrk's).
+            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+        }
+    }
+
     fn finish(&mut self) -> WrkReport {
         let status = self.child.take().map(|mut c| c.wait().expect("wait wrk"));
         let out = std::fs::read_to_string(&self.out).unwrap_or_default();
@@ -218,7 +229,7 @@ impl Load {
             vec![
                 format!("--threads={threads}"),
                 format!("--connections={conns}"),
-                format!("--duration={}s", spec.duration_s),
+                format!("--duration={}s", spec.max_duration_s),
                 format!("--timeout={}s", spec.timeout_s),
                 format!("--script={}", script.display()),
             ]
@@ -236,6 +247,13 @@ impl Load {
             new_conns: Running::spawn(client, dir, "new", &new, spec.new_conns),
             started,
         }
+    }
+
+    /// Ends both generators now and returns their results.
+    pub fn stop(self) -> LoadReport {
+        self.keepalive.interrupt();
+        self.new_conns.interrupt();
+        self.finish()
     }
 
     /// Waits for both generators to end and returns their results.
