@@ -65,7 +65,7 @@ const RESUME_BOUND: Duration = Duration::from_secs(10);
 
 /// The load: at least 32 keep-alive connections (64 here, one
 /// request each 20 ms) and as many new connections as 64 closed-loop
-/// clients get (the target is 5,000/s; this machine reaches 8,000-17,000).
+/// clients get (the target is 5,000/s; this machine reaches 7,000-17,000).
 const LOAD: LoadSpec = LoadSpec {
     keepalive_conns: 64,
     keepalive_delay_ms: 20,
