@@ -5,8 +5,10 @@
 # Installs: Debian's rustc-web + rust-web-src (rustc 1.96 with LLVM 22 and
 # its std source, to build `core` for bpfel-unknown-none), LLVM 22 for
 # bpf-linker, the network tools the tests use, binutils (objcopy) and man-db
-# for `cargo xtask package` and its test, and bpf-linker itself. Mounts the
-# BPF filesystem if nothing has.
+# for `cargo xtask package` and its test, nginx and wrk (the real HTTP server
+# and load generator of tests/tests/http_load.rs, which start their own nginx
+# per node namespace: the system nginx service is never started), and
+# bpf-linker itself. Mounts the BPF filesystem if nothing has.
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -16,7 +18,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 PKGS=(
   rustc-web rust-web-src llvm-22-dev libpolly-22-dev libzstd-dev clang-22
   bpftool iproute2 nftables iptables iputils-ping ethtool procps netsniff-ng
-  binutils man-db
+  binutils man-db nginx wrk
 )
 BPF_LINKER_VERSION=0.13.0
 
@@ -29,9 +31,29 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -qq
+  # No service may start while packages install (nginx's would listen on
+  # port 80 of the host): a policy-rc.d that refuses, unless one is there.
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod 755 "$policy"
+  fi
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$policy" ]; then $SUDO rm -f "$policy"; fi
 else
   log "Debian packages present"
+fi
+
+# The tests run nginx by hand; the system service stays off (stopped and
+# disabled if the package started or enabled it anyway).
+if [ -d /run/systemd/system ] && systemctl is-enabled --quiet nginx 2>/dev/null; then
+  log "disabling the system nginx service (the tests start their own)"
+  $SUDO systemctl disable --now --quiet nginx
+fi
+if [ -s /run/nginx.pid ] && pid="$(cat /run/nginx.pid)" && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = nginx ]; then
+  log "stopping the system nginx (pid $pid; the tests start their own)"
+  $SUDO kill -QUIT "$pid"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

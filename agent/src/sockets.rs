@@ -20,7 +20,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::{
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+    inet::{self, ExtensionFlags, InetRequest, SocketId, StateFlags},
     SockDiagMessage,
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
@@ -140,7 +140,13 @@ fn dump(
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                     let id = &r.header.socket_id;
                     let vip = unmapped(id.source_address);
-                    if vips.contains(&vip) {
+                    // A connection the server closed first ends as a
+                    // timewait socket that sock_diag shows in FIN_WAIT2 but
+                    // the XDP lookup sees in TIME_WAIT, which it does not
+                    // serve: counting it would hold a handoff open until
+                    // tcp_fin_timeout (60 s) for a connection nobody serves.
+                    let timewait = matches!(r.header.timer, Some(inet::Timer::TimeWait));
+                    if vips.contains(&vip) && !timewait {
                         out.push(HeldConn {
                             vip,
                             vip_port: id.source_port,

@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use xnlb::control::Request;
-use xnlb_tests::cluster::checks::{owned, status, tcp_all_by_owner, CONVERGE};
+use xnlb_tests::cluster::checks::{
+    drain, owned, status, tcp_all_by_owner, wait_owns_buckets, CONVERGE,
+};
 use xnlb_tests::cluster::{abort, echo_round, wait_until, Cluster, ClusterSpec, Conn};
 
 const CONNS: usize = 200;
@@ -125,16 +127,7 @@ fn drain_resume_rebalance_and_weight_change_keep_established_connections() {
     let (b1, b2, b3) = (owned(&c, 1), owned(&c, 2), owned(&c, 3));
 
     // Drain node 1.
-    let r = c.control(1, Request::Drain { timeout_s: None });
-    assert!(r.ok, "drain: {r:?}");
-    assert!(
-        wait_until(Duration::from_secs(5), || {
-            let s = status(&c, 1);
-            s.state == "draining" && s.buckets.owned == 0
-        }),
-        "node 1 not draining: {:?}",
-        status(&c, 1)
-    );
+    drain(&c, 1);
     keep_echoing(&mut conns, Duration::from_millis(1000), "drain");
     // New connections go to the others, by the owner the map names.
     let split = tcp_all_by_owner(&c, 2, 31_000..31_060);
@@ -276,13 +269,7 @@ fn a_graceful_join_keeps_established_connections() {
     let mut conns = open_conns(&c, 30_000..30_000 + CONNS as u16, 1);
     println!("before the join: {:?}", per_node(&conns));
     c.start_agent(3);
-    assert!(
-        wait_until(Duration::from_secs(10), || c
-            .status(3)
-            .is_some_and(|s| s.buckets.owned > 0)),
-        "node 3 got no buckets: {:?}",
-        c.status(3)
-    );
+    wait_owns_buckets(&c, 3);
     let closed = finish_handoff(&c, &mut conns, &[1, 2, 3], "join");
     let (j1, j2, j3) = (owned(&c, 1), owned(&c, 2), owned(&c, 3));
     println!(

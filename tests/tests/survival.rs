@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use xnlb_tests::cluster::checks::CONVERGE;
+use xnlb_tests::cluster::checks::{is_fenced, CONVERGE};
 use xnlb_tests::cluster::{echo_round, Cluster, ClusterSpec, Conn};
 
 const CONNS: u16 = 90;
@@ -60,15 +60,6 @@ fn keep_echoing(conns: &mut [Conn], d: Duration, when: &str) -> Duration {
 
 fn held_by(conns: &[Conn], id: u8) -> usize {
     conns.iter().filter(|k| k.node == id).count()
-}
-
-/// Whether the others have fenced member `id`.
-fn is_fenced(c: &Cluster, id: u8) -> bool {
-    c.status(1).is_some_and(|s| {
-        s.members
-            .iter()
-            .any(|m| m.id == id && (m.state == "dead" || m.buckets == 0))
-    })
 }
 
 /// Runs `fault` on node 3 with connections echoing before, during (the

@@ -44,6 +44,50 @@ pub fn node(id: u8, role: &'static str) -> NodeSpec {
     }
 }
 
+/// Whether the others (node 1 asked) have fenced member `id`: dead, or
+/// owning nothing.
+pub fn is_fenced(c: &Cluster, id: u8) -> bool {
+    c.status(1).is_some_and(|s| {
+        s.members
+            .iter()
+            .any(|m| m.id == id && (m.state == "dead" || m.buckets == 0))
+    })
+}
+
+/// Waits until [`is_fenced`]. Panics after 5 s.
+pub fn fenced_by_others(c: &Cluster, id: u8) {
+    let ok = wait_until(Duration::from_secs(5), || is_fenced(c, id));
+    assert!(ok, "member {id} was not fenced: {:?}", c.status(1));
+}
+
+/// Asks node `id` to drain and waits until it owns nothing (it stays
+/// `draining` while its kernel holds connections in the buckets it gave
+/// up, then becomes `drained`). Panics after 5 s.
+pub fn drain(c: &Cluster, id: u8) {
+    let r = c.control(id, xnlb::control::Request::Drain { timeout_s: None });
+    assert!(r.ok, "drain: {r:?}");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let s = status(c, id);
+            (s.state == "draining" || s.state == "drained") && s.buckets.owned == 0
+        }),
+        "node {id} not draining: {:?}",
+        c.status(id)
+    );
+}
+
+/// Waits until node `id` owns buckets (after it joined or resumed).
+/// Panics after 10 s.
+pub fn wait_owns_buckets(c: &Cluster, id: u8) {
+    assert!(
+        wait_until(Duration::from_secs(10), || c
+            .status(id)
+            .is_some_and(|s| s.buckets.owned > 0)),
+        "node {id} got no buckets: {:?}",
+        c.status(id)
+    );
+}
+
 /// Node `id`'s status; panics if its agent does not answer.
 pub fn status(c: &Cluster, id: u8) -> StatusView {
     c.status(id)

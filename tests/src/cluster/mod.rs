@@ -15,12 +15,16 @@
 //! [`Cluster`] builds and tears down the topology and drives the agents;
 //! its sibling modules hold the agent's config file ([`config`]), the
 //! servers on the nodes ([`servers`]), what the client does ([`client`],
-//! [`prober`]), the faults a test injects ([`faults`]) and the checks
-//! shared by the end-to-end tests ([`checks`]).
+//! [`prober`]), the faults a test injects ([`faults`]), the checks
+//! shared by the end-to-end tests ([`checks`]), and a real HTTP server and
+//! load generator through the cluster ([`http`]: nginx on the nodes, wrk on
+//! the client, and the check of nginx's logs that no connection was
+//! answered by two nodes).
 
 mod client;
 mod config;
 mod faults;
+pub mod http;
 mod prober;
 mod servers;
 
