@@ -5,6 +5,7 @@ pub mod admission;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod explain;
 pub mod flow;
 pub mod health;
 pub mod host;

@@ -108,6 +108,21 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Why a flow goes where it goes: rule, hash, bucket, owner, this
+    /// node's slot state and the XDP verdict with the counters it moves.
+    Explain {
+        /// tcp, udp or icmp.
+        proto: String,
+        /// Client IP:PORT (ICMP echo: the echo id as port).
+        client: String,
+        /// VIP:PORT (or PORT alone, or nothing, when the cluster has one VIP).
+        vip: Option<String>,
+        /// Print JSON (errors too: `{"error": "..."}`).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Which node owns a flow right now.
     Owner {
         /// The VIP.
@@ -149,7 +164,9 @@ fn main() -> ExitCode {
     // script parsing stdout never meets prose.
     let json = matches!(
         cli.cmd,
-        Cmd::Status { json: true, .. } | Cmd::Owner { json: true, .. }
+        Cmd::Status { json: true, .. }
+            | Cmd::Owner { json: true, .. }
+            | Cmd::Explain { json: true, .. }
     );
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
@@ -212,6 +229,24 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
         Cmd::Resume { target: t } => simple(&target(&t)?, Request::Resume),
         Cmd::Stop { target: t } => simple(&target(&t)?, Request::Stop),
         Cmd::Rebalance { target: t } => simple(&target(&t)?, Request::Rebalance),
+        Cmd::Explain {
+            proto,
+            client,
+            vip,
+            json,
+            target: t,
+        } => {
+            let r = control(&target(&t)?, Request::Explain { proto, client, vip })?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r.data).unwrap_or_default()
+                );
+            } else {
+                print!("{}", r.message);
+            }
+            Ok(())
+        }
         Cmd::Owner {
             vip,
             proto,

@@ -12,9 +12,11 @@
 pub mod classify;
 pub mod hash;
 pub mod layout;
+pub mod verdict;
 pub mod wire;
 
-pub use classify::{match_rule, RuleMatch};
+pub use classify::{match_rule, rule_index, RuleMatch};
 pub use hash::{bucket_of, flow_hash, seed_from_name, FlowWords};
 pub use layout::*;
+pub use verdict::{slot_verdict, PacketKind, SlotVerdict};
 pub use wire::*;

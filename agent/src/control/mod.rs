@@ -35,6 +35,15 @@ pub enum Request {
         /// VIP port.
         dport: u16,
     },
+    /// Why a flow goes where it goes on this node (`xnlb explain`).
+    Explain {
+        /// `tcp`, `udp` or `icmp`.
+        proto: String,
+        /// Client `IP:PORT`.
+        client: String,
+        /// `VIP:PORT`, `VIP` or `PORT` (absent: the only VIP).
+        vip: Option<String>,
+    },
 }
 
 /// The answer to a [`Request`].

@@ -178,6 +178,11 @@ impl Dataplane {
         self.ctrl_set(ctrl::LEASE, deadline_ns)
     }
 
+    /// The lease deadline the program enforces (CLOCK_BOOTTIME ns; 0: none).
+    pub fn lease_deadline(&mut self) -> Result<u64, DataplaneError> {
+        self.ctrl_get(ctrl::LEASE)
+    }
+
     /// Tells the program the interface MAC that replaces the cluster MAC.
     pub fn set_if_mac(&mut self, mac: [u8; 6]) -> Result<(), DataplaneError> {
         let mut w = [0u8; 8];

@@ -5,12 +5,13 @@
 use std::net::SocketAddr;
 
 use tracing::{error, info};
-use xnlb_common::{ipproto, MAX_BUCKETS};
+use xnlb_common::MAX_BUCKETS;
 
 use super::now;
 use super::shell::{Peers, Shell};
 use crate::config::{Config, Role, MAX_DRAIN_TIMEOUT_S};
 use crate::control::{Request, Response};
+use crate::explain::{explain, parse_flow, parse_proto, render};
 use crate::flow::{classify, is_disabled, FlowSpec};
 use crate::host::Host;
 use crate::plan::{cluster_wide_changes, plan, proto_config};
@@ -24,12 +25,9 @@ impl Shell {
         let Ok(src) = src.parse::<SocketAddr>() else {
             return Response::err(format!("--src {src:?} is not IP:PORT"));
         };
-        let proto_num = match proto {
-            "tcp" => ipproto::TCP,
-            "udp" => ipproto::UDP,
-            "icmp" if src.is_ipv4() => ipproto::ICMP,
-            "icmp" => ipproto::ICMPV6,
-            other => return Response::err(format!("--proto {other:?}: expected tcp, udp or icmp")),
+        let proto_num = match parse_proto(proto, src.is_ipv4()) {
+            Ok(p) => p,
+            Err(e) => return Response::err(format!("--proto: {e}")),
         };
         let spec = FlowSpec {
             vip,
@@ -75,6 +73,38 @@ impl Shell {
         }
     }
 
+    /// `xnlb explain`: the installed table (what the XDP program runs now)
+    /// and the lease it enforces, explained for one flow.
+    fn explain(&mut self, proto: &str, client: &str, vip: Option<&str>) -> Response {
+        let lease_valid = match self.dp.as_mut() {
+            Some(dp) => dp
+                .lease_deadline()
+                .is_ok_and(|d| crate::dataplane::boottime_ns() < d),
+            None => false,
+        };
+        let table = self.installed.as_deref().unwrap_or(&self.plan.table);
+        let spec = match parse_flow(table, proto, client, vip) {
+            Ok(s) => s,
+            Err(e) => return Response::err(e),
+        };
+        let Some(mut e) = explain(table, &spec, lease_valid) else {
+            return Response::err(format!("{} is not a VIP of this cluster", spec.vip));
+        };
+        let c = classify(table, &spec);
+        e.owner = c
+            .filter(|c| !is_disabled(c))
+            .and_then(|c| self.node.owner_of(c.slot));
+        let mut r = match serde_json::to_value(&e) {
+            Ok(v) => Response::data(v),
+            Err(err) => return Response::err(err.to_string()),
+        };
+        r.message = render(&e, self.cfg.node_id);
+        if self.dp.is_none() {
+            r.message += "note     this node runs no XDP program (witness): it drops nothing and serves nothing\n";
+        }
+        r
+    }
+
     /// Carries out one control request.
     pub fn command(&mut self, req: Request) -> Response {
         let t = now();
@@ -112,6 +142,9 @@ impl Shell {
                 src,
                 dport,
             } => self.owner(&vip, &proto, &src, dport),
+            Request::Explain { proto, client, vip } => {
+                self.explain(&proto, &client, vip.as_deref())
+            }
         }
     }
     /// Reloads the configuration file; anything that cannot change on one
