@@ -108,6 +108,16 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Check the host and the segment: XDP mode, ARP sysctls, cluster-MAC
+    /// flooding, clock, descriptor limit, bpffs, state directory, key file,
+    /// every member on every link. Exit 1 if anything is wrong.
+    Doctor {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Why a flow goes where it goes: rule, hash, bucket, owner, this
     /// node's slot state and the XDP verdict with the counters it moves.
     Explain {
@@ -170,6 +180,7 @@ fn main() -> ExitCode {
     );
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(f) if f.message.is_empty() => ExitCode::from(f.code),
         Err(f) => {
             if json {
                 println!("{}", serde_json::json!({ "error": f.message }));
@@ -229,6 +240,7 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
         Cmd::Resume { target: t } => simple(&target(&t)?, Request::Resume),
         Cmd::Stop { target: t } => simple(&target(&t)?, Request::Stop),
         Cmd::Rebalance { target: t } => simple(&target(&t)?, Request::Rebalance),
+        Cmd::Doctor { json, target: t } => cli::doctor::doctor(&target(&t)?, json),
         Cmd::Explain {
             proto,
             client,

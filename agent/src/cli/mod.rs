@@ -3,6 +3,7 @@
 
 pub mod check_config;
 pub mod ctl;
+pub mod doctor;
 
 /// Exit statuses: scripts and systemd units branch on them.
 pub mod exit {

@@ -35,6 +35,8 @@ pub enum Request {
         /// VIP port.
         dport: u16,
     },
+    /// What `xnlb doctor` needs to know from the agent.
+    Diagnose,
     /// Why a flow goes where it goes on this node (`xnlb explain`).
     Explain {
         /// `tcp`, `udp` or `icmp`.

@@ -142,6 +142,10 @@ impl Shell {
                 src,
                 dport,
             } => self.owner(&vip, &proto, &src, dport),
+            Request::Diagnose => match serde_json::to_value(self.diagnose()) {
+                Ok(v) => Response::data(v),
+                Err(e) => Response::err(e.to_string()),
+            },
             Request::Explain { proto, client, vip } => {
                 self.explain(&proto, &client, vip.as_deref())
             }
