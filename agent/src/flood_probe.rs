@@ -347,7 +347,7 @@ fn run(plan: &Plan, seen: &Seen) -> std::io::Result<()> {
                 &mut len,
             )
         };
-        if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+        if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING {
             continue;
         }
         if let Some(p) = parse(&buf[..n as usize]) {

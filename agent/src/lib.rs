@@ -15,6 +15,7 @@ pub mod key;
 pub mod liveness;
 pub mod lock;
 pub mod metrics;
+pub mod netlink;
 pub mod plan;
 pub mod prefilter;
 pub mod runtime;

@@ -10,11 +10,11 @@ use std::process::Command;
 use rand::{Rng, SeedableRng};
 use xnlb::explain::{explain, Explanation, SlotHold};
 use xnlb::flow::FlowSpec;
-use xnlb_common::{counter, ipproto, slot_state, Counters, Table, MAX_SLOTS};
+use xnlb_common::{counter, slot_state, Counters, Table, MAX_SLOTS};
 use xnlb_tests::cluster::checks::CONVERGE;
 use xnlb_tests::cluster::{agent_binary, Cluster, ClusterSpec, CLIENT, TCP_PORT, VIP};
 use xnlb_tests::fixture::{Fixture, DROP, PASS};
-use xnlb_tests::frames::{frame, IpOpts, ACK, L4, SYN};
+use xnlb_tests::frames::{frame, l4_of, IpOpts, Kind, ACK, SYN};
 use xnlb_tests::tables::{table, VIP4, VIP4B, VIP6};
 
 /// A table whose slots are in random states.
@@ -26,8 +26,8 @@ fn mixed_table(rng: &mut impl Rng) -> Box<Table> {
     t
 }
 
-/// One random flow and the frame carrying its packet of kind `kind`
-/// (0 SYN, 1 ACK, 2 UDP, 3 ICMP echo).
+/// One random flow, the frame of one of its packets (SYN, ACK, UDP or
+/// ICMP echo) and the name explain gives that packet kind.
 fn random_packet(rng: &mut impl Rng, i: u32) -> (FlowSpec, Vec<u8>, &'static str) {
     let (vip, client): (IpAddr, IpAddr) = match i % 3 {
         0 => (
@@ -52,49 +52,13 @@ fn random_packet(rng: &mut impl Rng, i: u32) -> (FlowSpec, Vec<u8>, &'static str
         _ => rng.gen_range(1..=u16::MAX),
     };
     let sport: u16 = rng.gen_range(1..=u16::MAX);
-    let (l4, proto, cport, vport, packet) = match rng.gen_range(0..4) {
-        0 => (
-            L4::Tcp {
-                sport,
-                dport,
-                flags: SYN,
-            },
-            ipproto::TCP,
-            sport,
-            dport,
-            "tcp-syn",
-        ),
-        1 => (
-            L4::Tcp {
-                sport,
-                dport,
-                flags: ACK,
-            },
-            ipproto::TCP,
-            sport,
-            dport,
-            "tcp",
-        ),
-        2 => (
-            L4::Udp {
-                sport,
-                dport,
-                len: 8,
-            },
-            ipproto::UDP,
-            sport,
-            dport,
-            "udp",
-        ),
-        _ => {
-            let p = if vip.is_ipv4() {
-                ipproto::ICMP
-            } else {
-                ipproto::ICMPV6
-            };
-            (L4::Echo { id: sport }, p, sport, 0, "icmp")
-        }
-    };
+    let (kind, packet) = [
+        (Kind::Tcp(SYN), "tcp-syn"),
+        (Kind::Tcp(ACK), "tcp"),
+        (Kind::Udp, "udp"),
+        (Kind::Echo, "icmp"),
+    ][rng.gen_range(0..4)];
+    let (l4, proto, cport, vport) = l4_of(kind, sport, dport, vip.is_ipv6());
     let flow = FlowSpec {
         vip,
         client,

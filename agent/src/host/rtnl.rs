@@ -1,60 +1,20 @@
-//! The few route-netlink requests host setup needs, synchronous: host
-//! setup runs before the tokio runtime starts and on its way out, and each
-//! request is one datagram and its acknowledgement. A socket per request
-//! keeps them independent (no sequence numbers to match across calls);
-//! the cost is irrelevant next to the handful of calls a setup makes.
+//! The few route-netlink requests host setup needs, synchronous (see
+//! [`crate::netlink`]): host setup runs before the tokio runtime starts
+//! and on its way out, and each request is one datagram and its answer.
 
 use std::io;
 use std::net::IpAddr;
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_REPLACE, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
 use netlink_packet_route::address::{
     AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope,
 };
 use netlink_packet_route::link::{LinkFlags, LinkMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use netlink_sys::protocols::NETLINK_ROUTE;
 
-/// Sends `msg` with `flags` and collects the answer: nothing for a
-/// request acknowledged, every message for a dump. A kernel error comes
-/// back as its errno.
 fn exchange(msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | flags;
-    header.sequence_number = 1;
-    let mut request = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-    request.finalize();
-    let mut buf = vec![0; request.buffer_len()];
-    request.serialize(&mut buf[..]);
-    socket.send(&buf[..], 0)?;
-    let mut out = Vec::new();
-    let mut rx = vec![0u8; 64 * 1024];
-    loop {
-        let size = socket.recv(&mut &mut rx[..], 0)?;
-        let mut offset = 0;
-        while offset < size {
-            let msg = <NetlinkMessage<RouteNetlinkMessage>>::deserialize(&rx[offset..size])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            let len = msg.header.length as usize;
-            match msg.payload {
-                NetlinkPayload::Done(_) => return Ok(out),
-                NetlinkPayload::Error(e) if e.code.is_none() => return Ok(out),
-                NetlinkPayload::Error(e) => return Err(e.to_io()),
-                NetlinkPayload::InnerMessage(m) => out.push(m),
-                _ => {}
-            }
-            if len == 0 {
-                break;
-            }
-            offset += len;
-        }
-    }
+    crate::netlink::exchange(NETLINK_ROUTE, msg, flags)
 }
 
 fn family(ip: IpAddr) -> AddressFamily {
