@@ -331,3 +331,64 @@ pub fn render(e: &Explanation, node_id: u8) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::plan::plan;
+
+    fn table_of(vips: &[&str]) -> Box<Table> {
+        let mut text = String::from(
+            "[node]\nid = 1\ninterface = \"eth0\"\n[cluster]\nname = \"t\"\nkey_file = \"/k\"\nlisten = [\"198.18.1.1:7450\"]\n\
+             [[cluster.member]]\nid = 1\naddrs = [\"198.18.1.1:7450\"]\n",
+        );
+        for v in vips {
+            text += &format!(
+                "[[vip]]\naddress = \"{v}\"\n[[vip.rule]]\nprotocol = \"tcp\"\nports = \"80\"\nmode = \"disabled\"\n"
+            );
+        }
+        let cfg = Config::parse(std::path::Path::new("t.toml"), &text).expect("config");
+        plan(&cfg).table
+    }
+
+    #[test]
+    fn the_vip_may_be_left_out_or_given_as_a_port_when_there_is_one() {
+        let t = table_of(&["198.18.0.100", "fd00::100"]);
+        let f = parse_flow(&t, "tcp", "198.18.1.5:4000", Some("80")).expect("port only");
+        assert_eq!((f.vip.to_string(), f.vip_port), ("198.18.0.100".into(), 80));
+        let f = parse_flow(&t, "icmp", "[fd00::5]:7", None).expect("echo, no VIP");
+        assert_eq!(
+            (f.vip.to_string(), f.proto, f.vip_port),
+            ("fd00::100".into(), ipproto::ICMPV6, 0)
+        );
+        assert!(parse_flow(&t, "tcp", "198.18.1.5:4000", None)
+            .unwrap_err()
+            .contains("VIP port"));
+        assert!(parse_flow(&t, "sctp", "198.18.1.5:4000", Some("80")).is_err());
+        assert!(parse_flow(&t, "tcp", "198.18.1.5", Some("80")).is_err());
+        let two = table_of(&["198.18.0.100", "198.18.0.101"]);
+        assert!(parse_flow(&two, "tcp", "198.18.1.5:4000", Some("80"))
+            .unwrap_err()
+            .contains("2 VIPs"));
+    }
+
+    #[test]
+    fn a_disabled_rule_is_dropped_by_every_node_whatever_the_slot() {
+        let mut t = table_of(&["198.18.0.100"]);
+        t.state.iter_mut().for_each(|s| *s = slot_state::OWNED);
+        let f = parse_flow(&t, "tcp", "198.18.1.5:4000", Some("198.18.0.100:80")).expect("flow");
+        let e = explain(&t, &f, true).expect("a VIP");
+        assert_eq!(e.rule, Some(1));
+        assert!(
+            e.verdicts
+                .iter()
+                .all(|v| v.verdict == "drop" && v.counters == ["vip_packets", "dropped_disabled"]),
+            "{e:?}"
+        );
+        let other =
+            parse_flow(&t, "udp", "198.18.1.5:4000", Some("198.18.0.100:53")).expect("flow");
+        let e = explain(&t, &other, false).expect("a VIP");
+        assert_eq!((e.rule, e.here), (None, SlotHold::Fenced), "{e:?}");
+    }
+}
