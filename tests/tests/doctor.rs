@@ -163,7 +163,7 @@ fn doctor_reports_each_injected_fault_with_its_fix_and_nothing_on_a_healthy_clus
     );
     c.ns(2)
         .sh("sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.eth0.arp_ignore=1");
-    assert!(healthy(&doctor(&c, 2)));
+    doctor_until(&c, 2, "arp_ignore back", healthy);
 
     // The key file readable by others.
     let key = c.key_path().to_owned();
@@ -175,7 +175,7 @@ fn doctor_reports_each_injected_fault_with_its_fix_and_nothing_on_a_healthy_clus
     let r = doctor(&c, 3);
     assert_reported(&r, "key", "644", "chmod 600");
     chmod(0o600);
-    assert!(healthy(&doctor(&c, 3)));
+    doctor_until(&c, 3, "key 0600 again", healthy);
 
     // The state directory read-only (a bind mount over it).
     let dir = c.state_dir(1);

@@ -26,13 +26,17 @@ fn facts(socket: &Path) -> Result<AgentFacts, Failure> {
 pub fn doctor(socket: &Path, json: bool) -> Result<(), Failure> {
     let mut agent = facts(socket)?;
     // The agent listens for its peers' cluster-MAC probes only while asked
-    // (the tap would tax every packet): ask, wait a few probe intervals,
-    // and ask again.
-    if agent.probing && agent.probe_listening_ms < PROBE_STALE_MS {
+    // (the tap would tax every packet), opening its tap within a few
+    // hundred ms of the first request: ask again until it has listened a
+    // few probe intervals (a few times at most).
+    for _ in 0..4 {
+        if !agent.probing || agent.probe_listening_ms >= PROBE_STALE_MS {
+            break;
+        }
         if !json {
             eprintln!(
-                "xnlb: listening {} s for the peers' cluster-MAC probes...",
-                PROBE_STALE_MS.div_ceil(1000)
+                "xnlb: listening {:.1} s more for the peers' cluster-MAC probes...",
+                (PROBE_STALE_MS + 300 - agent.probe_listening_ms) as f64 / 1000.0
             );
         }
         std::thread::sleep(Duration::from_millis(
