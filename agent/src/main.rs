@@ -112,7 +112,7 @@ enum Cmd {
     /// flooding, clock, descriptor limit, bpffs, state directory, key file,
     /// every member on every link. Exit 1 if anything is wrong.
     Doctor {
-        /// Print JSON.
+        /// Print JSON (errors too: `{"error": "..."}`).
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -177,6 +177,7 @@ fn main() -> ExitCode {
         Cmd::Status { json: true, .. }
             | Cmd::Owner { json: true, .. }
             | Cmd::Explain { json: true, .. }
+            | Cmd::Doctor { json: true, .. }
     );
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
