@@ -127,6 +127,31 @@ enum Cmd {
         /// Output directory.
         dir: PathBuf,
     },
+    /// Check the host and the segment: XDP mode, ARP sysctls, cluster-MAC
+    /// flooding, clock, descriptor limit, bpffs, state directory, key file,
+    /// every member on every link. Exit 1 if anything is wrong.
+    Doctor {
+        /// Print JSON (errors too: `{"error": "..."}`).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Why a flow goes where it goes: rule, hash, bucket, owner, this
+    /// node's slot state and the XDP verdict with the counters it moves.
+    Explain {
+        /// tcp, udp or icmp.
+        proto: String,
+        /// Client IP:PORT (ICMP echo: the echo id as port).
+        client: String,
+        /// VIP:PORT (or PORT alone, or nothing, when the cluster has one VIP).
+        vip: Option<String>,
+        /// Print JSON (errors too: `{"error": "..."}`).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Which node owns a flow right now.
     Owner {
         /// The VIP.
@@ -168,10 +193,14 @@ fn main() -> ExitCode {
     // script parsing stdout never meets prose.
     let json = matches!(
         cli.cmd,
-        Cmd::Status { json: true, .. } | Cmd::Owner { json: true, .. }
+        Cmd::Status { json: true, .. }
+            | Cmd::Owner { json: true, .. }
+            | Cmd::Explain { json: true, .. }
+            | Cmd::Doctor { json: true, .. }
     );
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(f) if f.message.is_empty() => ExitCode::from(f.code),
         Err(f) => {
             if json {
                 println!("{}", serde_json::json!({ "error": f.message }));
@@ -234,6 +263,25 @@ fn run(cmd: Cmd) -> Result<(), Failure> {
         Cmd::Reload { target: t } => simple(&target(&t)?, Request::Reload),
         Cmd::Completions { shell } => cli::docs::completions(Cli::command(), shell),
         Cmd::Manpages { dir } => cli::docs::manpages(Cli::command(), &dir),
+        Cmd::Doctor { json, target: t } => cli::doctor::doctor(&target(&t)?, json),
+        Cmd::Explain {
+            proto,
+            client,
+            vip,
+            json,
+            target: t,
+        } => {
+            let r = control(&target(&t)?, Request::Explain { proto, client, vip })?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r.data).unwrap_or_default()
+                );
+            } else {
+                print!("{}", r.message);
+            }
+            Ok(())
+        }
         Cmd::Owner {
             vip,
             proto,

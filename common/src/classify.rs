@@ -29,10 +29,10 @@ impl RuleMatch {
     }
 }
 
-/// First rule of `vip` matching `proto` and `dport` (host order), else the
-/// VIP's default (affinity `none`: ICMP echo hashes on source and echo id).
+/// Index of the first rule of `vip` matching `proto` and `dport` (host
+/// order); `None` if the VIP's default applies. `xnlb explain` names it.
 #[inline(always)]
-pub fn match_rule(vip: &Vip, proto: u8, dport: u16) -> RuleMatch {
+pub fn rule_index(vip: &Vip, proto: u8, dport: u16) -> Option<usize> {
     let bit = if proto == ipproto::TCP {
         proto_mask::TCP
     } else if proto == ipproto::UDP {
@@ -48,18 +48,31 @@ pub fn match_rule(vip: &Vip, proto: u8, dport: u16) -> RuleMatch {
             }
             let r = &vip.rules[i];
             if r.proto_mask & bit != 0 && dport >= r.port_lo && dport <= r.port_hi {
-                return RuleMatch {
-                    mode: r.mode,
-                    affinity: r.affinity,
-                    slot: r.slot,
-                };
+                return Some(i);
             }
         }
     }
-    RuleMatch {
-        mode: vip.default_mode,
-        affinity: affinity::NONE,
-        slot: vip.default_slot,
+    None
+}
+
+/// First rule of `vip` matching `proto` and `dport` (host order), else the
+/// VIP's default (affinity `none`: ICMP echo hashes on source and echo id).
+#[inline(always)]
+pub fn match_rule(vip: &Vip, proto: u8, dport: u16) -> RuleMatch {
+    match rule_index(vip, proto, dport) {
+        Some(i) if i < MAX_RULES => {
+            let r = &vip.rules[i];
+            RuleMatch {
+                mode: r.mode,
+                affinity: r.affinity,
+                slot: r.slot,
+            }
+        }
+        _ => RuleMatch {
+            mode: vip.default_mode,
+            affinity: affinity::NONE,
+            slot: vip.default_slot,
+        },
     }
 }
 

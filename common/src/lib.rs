@@ -13,9 +13,11 @@ pub mod bench;
 pub mod classify;
 pub mod hash;
 pub mod layout;
+pub mod verdict;
 pub mod wire;
 
-pub use classify::{match_rule, RuleMatch};
+pub use classify::{match_rule, rule_index, RuleMatch};
 pub use hash::{bucket_of, flow_hash, seed_from_name, FlowWords};
 pub use layout::*;
+pub use verdict::{holding_verdict, slot_verdict, PacketKind, SlotVerdict};
 pub use wire::*;

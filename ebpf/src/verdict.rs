@@ -31,13 +31,10 @@
 
 use aya_ebpf::bindings::{bpf_sock_tuple, BPF_F_CURRENT_NETNS};
 use aya_ebpf::helpers::{bpf_sk_release, bpf_skc_lookup_tcp};
-use xnlb_common::{family, ipproto, slot_state};
+use xnlb_common::{family, holding_verdict, slot_verdict, PacketKind, SlotVerdict};
 
 use crate::l4::Flow;
 use crate::packet::Frame;
-
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 
 /// TCP states (`include/net/tcp_states.h`) whose socket carries a
 /// connection this node must keep serving: ESTABLISHED 1, SYN_RECV 3,
@@ -93,45 +90,27 @@ fn held_here(f: &Frame, flow: &Flow, fam: u8) -> bool {
     }
 }
 
-/// The verdict past the lease but within held delivery: a connection this
-/// node's kernel holds is still delivered (every other node drops it: the
-/// cluster keeps this node a previous owner of the slot for longer than
-/// this window, so the slot's owner looks its own sockets up); nothing
-/// new is accepted.
+/// The verdict past the lease but within held delivery
+/// ([`xnlb_common::holding_verdict`]): a connection this node's kernel
+/// holds is still delivered (every other node drops it: the cluster keeps
+/// this node a previous owner of the slot for longer than this window, so
+/// the slot's owner looks its own sockets up); nothing new is accepted.
 #[inline(always)]
 pub fn decide_holding(f: &Frame, flow: &Flow, fam: u8) -> Decision {
-    let tcp = flow.proto == ipproto::TCP;
-    let syn = tcp && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if tcp && !syn && held_here(f, flow, fam) {
-        Decision::PassHeld
-    } else {
-        Decision::Drop
+    match holding_verdict(PacketKind::of(flow.proto, flow.tcp_flags)) {
+        SlotVerdict::AcceptIfHeld if held_here(f, flow, fam) => Decision::PassHeld,
+        _ => Decision::Drop,
     }
 }
 
-/// The verdict for `flow` in a slot this node holds in `state`.
+/// The verdict for `flow` in a slot this node holds in `state`: the shared
+/// truth table ([`xnlb_common::verdict`]), with the socket lookup only for
+/// the cells that need it.
 #[inline(always)]
 pub fn decide(f: &Frame, state: u8, flow: &Flow, fam: u8) -> Decision {
-    let tcp = flow.proto == ipproto::TCP;
-    let syn = tcp && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    match state {
-        slot_state::OWNED => Decision::Pass,
-        slot_state::RELEASING => {
-            if tcp && !syn && held_here(f, flow, fam) {
-                Decision::PassHeld
-            } else {
-                Decision::Drop
-            }
-        }
-        slot_state::ACQUIRING => {
-            if !tcp || syn {
-                Decision::Pass
-            } else if held_here(f, flow, fam) {
-                Decision::PassHeld
-            } else {
-                Decision::Drop
-            }
-        }
+    match slot_verdict(state, PacketKind::of(flow.proto, flow.tcp_flags)) {
+        SlotVerdict::Accept => Decision::Pass,
+        SlotVerdict::AcceptIfHeld if held_here(f, flow, fam) => Decision::PassHeld,
         _ => Decision::Drop,
     }
 }

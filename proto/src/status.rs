@@ -69,6 +69,10 @@ pub struct MemberStatus {
     pub buckets: usize,
     /// Nanoseconds since last heard (`None` = never; 0 for self).
     pub last_heard_ns: Option<u64>,
+    /// Nanoseconds since last heard on each of our links, by local link
+    /// index (`None` = never; empty for self): `xnlb doctor` names a link
+    /// a member is silent on while another still carries it.
+    pub last_heard_link_ns: Vec<Option<u64>>,
     /// Incarnation last heard.
     pub incarnation: u64,
     /// Epoch the member last reported.

@@ -335,3 +335,50 @@ pub fn icmp_error(
         &IpOpts::default(),
     )
 }
+
+/// The packet a test sends for one flow: TCP with `tcp_flags`, UDP, or an
+/// ICMP echo (ICMPv6 when `v6`) whose id is `sport`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// TCP with these flags.
+    Tcp(u8),
+    /// An 8-byte UDP datagram.
+    Udp,
+    /// An echo request.
+    Echo,
+}
+
+/// The L4 header of a `kind` packet and the flow's `(proto, client port,
+/// VIP port)` as `xnlb::flow::FlowSpec` names them (an echo hashes on its
+/// id and VIP port 0).
+pub fn l4_of(kind: Kind, sport: u16, dport: u16, v6: bool) -> (L4, u8, u16, u16) {
+    use xnlb_common::ipproto;
+    match kind {
+        Kind::Tcp(flags) => (
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            },
+            ipproto::TCP,
+            sport,
+            dport,
+        ),
+        Kind::Udp => (
+            L4::Udp {
+                sport,
+                dport,
+                len: 8,
+            },
+            ipproto::UDP,
+            sport,
+            dport,
+        ),
+        Kind::Echo => (
+            L4::Echo { id: sport },
+            if v6 { ipproto::ICMPV6 } else { ipproto::ICMP },
+            sport,
+            0,
+        ),
+    }
+}

@@ -6,9 +6,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rand::{Rng, SeedableRng};
 use xnlb::flow::{classify, FlowSpec};
-use xnlb_common::{ipproto, slot_state};
+use xnlb_common::slot_state;
 use xnlb_tests::fixture::Fixture;
-use xnlb_tests::frames::{frame, IpOpts, L4};
+use xnlb_tests::frames::{frame, l4_of, IpOpts, Kind};
 use xnlb_tests::tables::{table, VIP4, VIP4B, VIP6};
 
 #[test]
@@ -42,34 +42,8 @@ fn kernel_and_userspace_agree_on_10000_random_flows() {
         let sport: u16 = rng.gen();
         let kind = rng.gen_range(0..3);
         per_kind[kind + if v6 { 3 } else { 0 }] += 1;
-        let (l4, proto, cport, vport) = match kind {
-            0 => (
-                L4::Tcp {
-                    sport,
-                    dport,
-                    flags: 0x10,
-                },
-                ipproto::TCP,
-                sport,
-                dport,
-            ),
-            1 => (
-                L4::Udp {
-                    sport,
-                    dport,
-                    len: 8,
-                },
-                ipproto::UDP,
-                sport,
-                dport,
-            ),
-            _ => (
-                L4::Echo { id: sport },
-                if v6 { ipproto::ICMPV6 } else { ipproto::ICMP },
-                sport,
-                0,
-            ),
-        };
+        let kinds = [Kind::Tcp(0x10), Kind::Udp, Kind::Echo];
+        let (l4, proto, cport, vport) = l4_of(kinds[kind], sport, dport, v6);
         let spec = FlowSpec {
             vip,
             client,

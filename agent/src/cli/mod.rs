@@ -4,6 +4,7 @@
 pub mod check_config;
 pub mod ctl;
 pub mod docs;
+pub mod doctor;
 
 /// Exit statuses: scripts and systemd units branch on them.
 pub mod exit {

@@ -38,6 +38,17 @@ pub enum Request {
         /// VIP port.
         dport: u16,
     },
+    /// What `xnlb doctor` needs to know from the agent.
+    Diagnose,
+    /// Why a flow goes where it goes on this node (`xnlb explain`).
+    Explain {
+        /// `tcp`, `udp` or `icmp`.
+        proto: String,
+        /// Client `IP:PORT`.
+        client: String,
+        /// `VIP:PORT`, `VIP` or `PORT` (absent: the only VIP).
+        vip: Option<String>,
+    },
 }
 
 /// The answer to a [`Request`].

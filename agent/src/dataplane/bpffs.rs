@@ -7,7 +7,8 @@ use super::DataplaneError;
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-fn is_bpffs(path: &Path) -> bool {
+/// Whether `path` is (the root of) a BPF filesystem.
+pub fn is_bpffs(path: &Path) -> bool {
     let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
     };

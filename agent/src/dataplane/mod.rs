@@ -9,7 +9,9 @@ mod object;
 mod table;
 
 pub use attach::AttachmentCheck;
+pub use bpffs::is_bpffs;
 pub use error::DataplaneError;
+pub use link::ifindex;
 pub use object::embedded_object;
 pub use table::Dataplane;
 

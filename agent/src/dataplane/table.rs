@@ -184,6 +184,16 @@ impl Dataplane {
         self.ctrl_set(ctrl::HOLD, deadline_ns)
     }
 
+    /// The held-delivery deadline the program enforces (CLOCK_BOOTTIME ns).
+    pub fn hold_deadline(&mut self) -> Result<u64, DataplaneError> {
+        self.ctrl_get(ctrl::HOLD)
+    }
+
+    /// The lease deadline the program enforces (CLOCK_BOOTTIME ns; 0: none).
+    pub fn lease_deadline(&mut self) -> Result<u64, DataplaneError> {
+        self.ctrl_get(ctrl::LEASE)
+    }
+
     /// Tells the program the interface MAC that replaces the cluster MAC.
     pub fn set_if_mac(&mut self, mac: [u8; 6]) -> Result<(), DataplaneError> {
         let mut w = [0u8; 8];

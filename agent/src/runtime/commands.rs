@@ -5,12 +5,13 @@
 use std::net::SocketAddr;
 
 use tracing::{error, info};
-use xnlb_common::{ipproto, MAX_BUCKETS};
+use xnlb_common::MAX_BUCKETS;
 
 use super::now;
 use super::shell::{Peers, Shell};
 use crate::config::{Config, Role, MAX_DRAIN_TIMEOUT_S};
 use crate::control::{Request, Response};
+use crate::explain::{explain, parse_flow, parse_proto, render, Lease};
 use crate::flow::{classify, is_disabled, FlowSpec};
 use crate::host::Host;
 use crate::plan::{cluster_wide_changes, plan, proto_config};
@@ -24,12 +25,9 @@ impl Shell {
         let Ok(src) = src.parse::<SocketAddr>() else {
             return Response::err(format!("--src {src:?} is not IP:PORT"));
         };
-        let proto_num = match proto {
-            "tcp" => ipproto::TCP,
-            "udp" => ipproto::UDP,
-            "icmp" if src.is_ipv4() => ipproto::ICMP,
-            "icmp" => ipproto::ICMPV6,
-            other => return Response::err(format!("--proto {other:?}: expected tcp, udp or icmp")),
+        let proto_num = match parse_proto(proto, src.is_ipv4()) {
+            Ok(p) => p,
+            Err(e) => return Response::err(format!("--proto: {e}")),
         };
         let spec = FlowSpec {
             vip,
@@ -75,6 +73,40 @@ impl Shell {
         }
     }
 
+    /// `xnlb explain`: the installed table (what the XDP program runs now)
+    /// and the lease it enforces, explained for one flow.
+    fn explain(&mut self, proto: &str, client: &str, vip: Option<&str>) -> Response {
+        let lease = match self.dp.as_mut() {
+            Some(dp) => Lease::at(
+                crate::dataplane::boottime_ns(),
+                dp.lease_deadline().unwrap_or(0),
+                dp.hold_deadline().unwrap_or(0),
+            ),
+            None => Lease::Expired,
+        };
+        let table = self.installed.as_deref().unwrap_or(&self.plan.table);
+        let spec = match parse_flow(table, proto, client, vip) {
+            Ok(s) => s,
+            Err(e) => return Response::err(e),
+        };
+        let Some(mut e) = explain(table, &spec, lease) else {
+            return Response::err(format!("{} is not a VIP of this cluster", spec.vip));
+        };
+        let c = classify(table, &spec);
+        e.owner = c
+            .filter(|c| !is_disabled(c))
+            .and_then(|c| self.node.owner_of(c.slot));
+        let mut r = match serde_json::to_value(&e) {
+            Ok(v) => Response::data(v),
+            Err(err) => return Response::err(err.to_string()),
+        };
+        r.message = render(&e, self.cfg.node_id);
+        if self.dp.is_none() {
+            r.message += "note     this node runs no XDP program (witness): it drops nothing and serves nothing\n";
+        }
+        r
+    }
+
     /// Carries out one control request.
     pub fn command(&mut self, req: Request) -> Response {
         let t = now();
@@ -115,6 +147,13 @@ impl Shell {
             // The event loop carries reloads out itself (they restart its
             // health checks): a reload never reaches this.
             Request::Reload => Response::err("reload: not handled here"),
+            Request::Diagnose => match serde_json::to_value(self.diagnose()) {
+                Ok(v) => Response::data(v),
+                Err(e) => Response::err(e.to_string()),
+            },
+            Request::Explain { proto, client, vip } => {
+                self.explain(&proto, &client, vip.as_deref())
+            }
         }
     }
     /// Reloads the configuration file (SIGHUP or `xnlb reload`): what the

@@ -22,6 +22,7 @@
 //! - `error.rs`: [`RunError`] and its exit status.
 
 mod commands;
+mod diagnose;
 mod error;
 mod event_loop;
 mod failovers;
@@ -267,7 +268,25 @@ fn protocol_thread(
         let writer = Writer::spawn(state_file(&parts.cfg), written_tx)
             .map_err(RunError::io("starting the state file writer"))?;
         let (dp, xdp) = parts.dataplane.unzip();
+        let flood = match (&dp, &parts.cfg.interface) {
+            (Some(_), Some(interface)) => {
+                Some(crate::flood_probe::start(crate::flood_probe::Plan {
+                    cluster: parts.plan.table.seed,
+                    member: parts.cfg.node_id,
+                    interface: interface.clone(),
+                    vips: parts
+                        .cfg
+                        .vips
+                        .iter()
+                        .map(|v| (v.address, crate::host::cluster_mac(v.address, v.mac_mode)))
+                        .collect(),
+                }))
+            }
+            _ => None,
+        };
         let sh = Shell {
+            flood,
+            started: std::time::Instant::now(),
             peers: Peers::new(&parts.cfg),
             source_filter: SourceFilter::new(&parts.cfg),
             failovers: Failovers::new(now()),

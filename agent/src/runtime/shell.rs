@@ -75,6 +75,10 @@ pub(super) struct Shell {
     pub stopped: bool,
     /// Drops heartbeat-port datagrams from non-members (and counts them).
     pub source_filter: SourceFilter,
+    /// Cluster-MAC probes received per member (`None`: not probing).
+    pub flood: Option<crate::flood_probe::Seen>,
+    /// When the agent started (for `xnlb doctor`).
+    pub started: std::time::Instant,
     /// Why the node stopped serving on its own (see [`crate::liveness`]):
     /// the agent exits non-zero with it.
     pub fatal: Option<String>,

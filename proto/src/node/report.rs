@@ -60,12 +60,18 @@ impl Node {
             .collect();
         let mut members = Vec::new();
         for m in &self.cfg.members {
-            let (last_heard_ns, incarnation) = if m.id == id {
-                (Some(0), self.incarnation)
+            let (last_heard_ns, last_heard_link_ns, incarnation) = if m.id == id {
+                (Some(0), Vec::new(), self.incarnation)
             } else {
                 let p = self.peer(m.id);
                 (
                     p.and_then(|p| p.last_heard).map(|t| now.since(t)),
+                    p.map_or(Vec::new(), |p| {
+                        p.last_heard_link
+                            .iter()
+                            .map(|t| t.map(|t| now.since(t)))
+                            .collect()
+                    }),
                     p.map_or(0, |p| p.incarnation),
                 )
             };
@@ -77,6 +83,7 @@ impl Node {
                 weight: rec.map_or(m.weight, |r| r.weight),
                 buckets: self.state.buckets_of(m.id),
                 last_heard_ns,
+                last_heard_link_ns,
                 incarnation,
                 epoch: if m.id == id {
                     self.state.epoch

@@ -602,6 +602,11 @@ impl Cluster {
         std::fs::write(path, edit(text)).expect("config");
     }
 
+    /// The cluster key file every node reads.
+    pub fn key_path(&self) -> &Path {
+        &self.key
+    }
+
     /// Node `id`'s `node.state_dir`.
     pub fn state_dir(&self, id: u8) -> PathBuf {
         self.dir.join(format!("state{id}"))

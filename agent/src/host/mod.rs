@@ -9,23 +9,45 @@
 //! its own teardown, restores the host's values rather than the ones the
 //! dead agent had set (which is all it could read from /proc by then).
 
+use netlink_packet_route::link::LinkFlags;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::config::{Config, MacMode};
 
-/// Why host setup failed.
+mod ifreq;
+mod rtnl;
+
+/// Why host setup failed: every variant names the interface and what
+/// was being done to it.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    /// A command failed.
-    #[error("`{cmd}` failed: {stderr}")]
-    Command {
-        /// The command line.
-        cmd: String,
-        /// Its error output.
-        stderr: String,
+    /// The interface does not exist in this network namespace.
+    #[error("interface {interface} does not exist in this network namespace")]
+    NoInterface {
+        /// The interface.
+        interface: String,
+    },
+    /// A route-netlink request was refused.
+    #[error("{op} on {interface} (netlink): {source}")]
+    Netlink {
+        /// The interface.
+        interface: String,
+        /// What was being done, e.g. `adding address 198.18.0.100/32`.
+        op: String,
+        /// The kernel's answer.
+        source: std::io::Error,
+    },
+    /// An interface ioctl failed.
+    #[error("{op} on {interface} (ioctl): {source}")]
+    Ioctl {
+        /// The interface.
+        interface: String,
+        /// What was being done, e.g. `adding 03:bf:c6:12:00:64 to the multicast filter`.
+        op: String,
+        /// The kernel's answer.
+        source: std::io::Error,
     },
     /// The journal of original sysctl values could not be written.
     #[error("recording the host's original sysctl values in {path}: {source}")]
@@ -50,7 +72,7 @@ pub enum HostError {
 pub struct Host {
     interface: String,
     vips: Vec<IpAddr>,
-    maddrs: Vec<String>,
+    maddrs: Vec<[u8; 6]>,
     promisc: bool,
     sysctls: Vec<(String, String)>,
     /// The journal of original sysctl values (see the module doc).
@@ -89,23 +111,6 @@ fn write_journal(path: &Path, originals: &BTreeMap<String, String>) -> std::io::
     std::fs::File::open(dir)?.sync_all()
 }
 
-fn run(args: &[&str]) -> Result<String, HostError> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| HostError::Command {
-            cmd: args.join(" "),
-            stderr: e.to_string(),
-        })?;
-    if !out.status.success() {
-        return Err(HostError::Command {
-            cmd: args.join(" "),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn sysctl_path(key: &str) -> String {
     format!("/proc/sys/{}", key.replace('.', "/"))
 }
@@ -126,7 +131,8 @@ fn write_sysctl(key: &str, value: &str) -> Result<(), HostError> {
     })
 }
 
-fn mac_text(m: [u8; 6]) -> String {
+/// A MAC as `ip link` prints it.
+pub fn mac_text(m: [u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
@@ -148,71 +154,18 @@ pub fn cluster_mac(vip: IpAddr, mac: MacMode) -> [u8; 6] {
     xnlb_common::cluster_mac(mode, &b, fam)
 }
 
-/// An `ifreq` ioctl on a throwaway socket of this network namespace
-/// (sysfs may belong to another namespace, e.g. under `nsenter --net`).
-fn ifreq_ioctl(
-    interface: &str,
-    request: libc::c_ulong,
-    data: Option<*mut libc::c_void>,
-) -> Result<libc::ifreq, HostError> {
-    let err = |e: std::io::Error| HostError::Command {
-        cmd: format!("ioctl on {interface}"),
-        stderr: e.to_string(),
-    };
-    if interface.len() >= libc::IFNAMSIZ {
-        return Err(err(std::io::Error::from(std::io::ErrorKind::InvalidInput)));
-    }
-    // SAFETY: a zeroed ifreq is valid; the name fits (checked above); the
-    // socket is closed on every path.
-    unsafe {
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        for (d, s) in ifr.ifr_name.iter_mut().zip(interface.bytes()) {
-            *d = s as libc::c_char;
-        }
-        if let Some(p) = data {
-            ifr.ifr_ifru.ifru_data = p as *mut libc::c_char;
-        }
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(err(std::io::Error::last_os_error()));
-        }
-        let rc = libc::ioctl(fd, request as _, &mut ifr);
-        let e = std::io::Error::last_os_error();
-        libc::close(fd);
-        if rc < 0 {
-            return Err(err(e));
-        }
-        Ok(ifr)
-    }
-}
-
 /// The interface's MAC address.
 pub fn interface_mac(interface: &str) -> Result<[u8; 6], HostError> {
-    let ifr = ifreq_ioctl(interface, libc::SIOCGIFHWADDR, None)?;
-    // SAFETY: SIOCGIFHWADDR filled the hwaddr member.
-    let sa = unsafe { ifr.ifr_ifru.ifru_hwaddr };
-    let mut mac = [0u8; 6];
-    for (m, b) in mac.iter_mut().zip(sa.sa_data.iter()) {
-        *m = *b as u8;
-    }
-    Ok(mac)
+    ifreq::mac(interface).map_err(|source| HostError::Ioctl {
+        interface: interface.into(),
+        op: "reading the MAC address".into(),
+        source,
+    })
 }
 
 /// The interface's driver name (ethtool), e.g. `veth`, `ixgbe`.
 pub fn interface_driver(interface: &str) -> Option<String> {
-    // struct ethtool_drvinfo: cmd, driver[32], version[32], fw_version[32],
-    // bus_info[32], erom_version[32], reserved2[12], 5 x u32.
-    let mut info = [0u8; 4 + 32 * 5 + 12 + 20];
-    info[..4].copy_from_slice(&0x0000_0003u32.to_ne_bytes()); // ETHTOOL_GDRVINFO
-    ifreq_ioctl(
-        interface,
-        0x8946,
-        Some(info.as_mut_ptr() as *mut libc::c_void),
-    )
-    .ok()?; // SIOCETHTOOL
-    let name = &info[4..36];
-    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-    Some(String::from_utf8_lossy(&name[..end]).into_owned())
+    ifreq::driver(interface)
 }
 
 /// True for a veth: `auto` XDP mode uses generic XDP there, because a veth
@@ -229,57 +182,55 @@ fn vip_prefix(vip: IpAddr) -> String {
     }
 }
 
-/// Puts `vip` on `lo` (idempotent).
-fn add_vip(vip: IpAddr) -> Result<(), HostError> {
-    let addr = vip_prefix(vip);
-    let mut args = vec!["ip", "addr", "replace", &addr, "dev", "lo"];
-    if vip.is_ipv6() {
-        args.push("nodad");
+/// The index of `interface` in this network namespace.
+fn index_of(interface: &str) -> Result<u32, HostError> {
+    match crate::dataplane::ifindex(interface) {
+        0 => Err(HostError::NoInterface {
+            interface: interface.into(),
+        }),
+        i => Ok(i),
     }
-    run(&args).map(|_| ())
 }
 
-/// The addresses on `interface`, from `getifaddrs(3)`: a netlink dump, no
-/// process spawned, cheap enough for every few heartbeats.
+fn netlink(interface: &str, op: String) -> impl FnOnce(std::io::Error) -> HostError + '_ {
+    move |source| HostError::Netlink {
+        interface: interface.into(),
+        op,
+        source,
+    }
+}
+
+/// Puts `vip` on `lo` (idempotent: `ip addr replace`).
+fn add_vip(vip: IpAddr) -> Result<(), HostError> {
+    rtnl::replace_address(index_of("lo")?, vip)
+        .map_err(netlink("lo", format!("adding address {}", vip_prefix(vip))))
+}
+
+/// Takes `vip` off `lo`.
+fn del_vip(vip: IpAddr) -> Result<(), HostError> {
+    rtnl::delete_address(index_of("lo")?, vip).map_err(netlink(
+        "lo",
+        format!("removing address {}", vip_prefix(vip)),
+    ))
+}
+
+/// Sets or clears link `flags` of `interface`.
+fn set_flags(interface: &str, flags: LinkFlags, on: bool, what: &str) -> Result<(), HostError> {
+    rtnl::set_link_flags(index_of(interface)?, flags, on)
+        .map_err(netlink(interface, format!("setting {what}")))
+}
+
+/// The addresses on `interface`: a netlink dump, no process spawned,
+/// cheap enough for every few heartbeats.
 pub fn addresses_on(interface: &str) -> Result<Vec<IpAddr>, HostError> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(HostError::Command {
-            cmd: "getifaddrs".into(),
-            stderr: std::io::Error::last_os_error().to_string(),
-        });
-    }
-    let mut out = Vec::new();
-    let mut p = head;
-    while !p.is_null() {
-        // SAFETY: a node of the list getifaddrs returned; its name is a
-        // C string and its address, when present, a sockaddr of the
-        // family it names.
-        unsafe {
-            let ifa = &*p;
-            let name = std::ffi::CStr::from_ptr(ifa.ifa_name);
-            if !ifa.ifa_addr.is_null() && name.to_bytes() == interface.as_bytes() {
-                match (*ifa.ifa_addr).sa_family as i32 {
-                    libc::AF_INET => {
-                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                        out.push(IpAddr::from(
-                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-                        ));
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                        out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
-                    }
-                    _ => {}
-                }
-            }
-            p = ifa.ifa_next;
-        }
-    }
-    // SAFETY: the list getifaddrs allocated, freed once.
-    unsafe { libc::freeifaddrs(head) };
-    Ok(out)
+    rtnl::addresses(index_of(interface)?).map_err(netlink(interface, "listing addresses".into()))
+}
+
+/// Whether `interface` is up and in promiscuous mode: `(up, promisc)`.
+pub fn link_state(interface: &str) -> Result<(bool, bool), HostError> {
+    let f = rtnl::link_flags(index_of(interface)?)
+        .map_err(netlink(interface, "reading link flags".into()))?;
+    Ok((f.contains(LinkFlags::Up), f.contains(LinkFlags::Promisc)))
 }
 
 impl Host {
@@ -374,7 +325,7 @@ impl Host {
             self.vips.push(v.address);
             match v.mac_mode {
                 MacMode::Unicast if !self.promisc => {
-                    run(&["ip", "link", "set", "dev", interface, "promisc", "on"])?;
+                    set_flags(interface, LinkFlags::Promisc, true, "promisc on")?;
                     self.promisc = true;
                 }
                 MacMode::Unicast => {}
@@ -389,20 +340,20 @@ impl Host {
                 self.add_maddr(interface, [0x33, 0x33, 0xff, o[13], o[14], o[15]])?;
             }
         }
-        run(&["ip", "link", "set", "dev", "lo", "up"])?;
+        set_flags("lo", LinkFlags::Up, true, "link up")?;
         Ok(())
     }
 
     fn add_maddr(&mut self, interface: &str, mac: [u8; 6]) -> Result<(), HostError> {
-        let m = mac_text(mac);
-        if self.maddrs.contains(&m) {
+        if self.maddrs.contains(&mac) {
             return Ok(());
         }
-        let present = run(&["ip", "maddr", "show", "dev", interface])?.contains(&m);
-        if !present {
-            run(&["ip", "maddr", "add", &m, "dev", interface])?;
-        }
-        self.maddrs.push(m);
+        ifreq::add_multicast(interface, mac).map_err(|source| HostError::Ioctl {
+            interface: interface.into(),
+            op: format!("adding {} to the multicast filter", mac_text(mac)),
+            source,
+        })?;
+        self.maddrs.push(mac);
         Ok(())
     }
 
@@ -411,18 +362,18 @@ impl Host {
     pub fn teardown(&mut self) {
         self.remove_vips();
         for m in self.maddrs.drain(..) {
-            let _ = run(&["ip", "maddr", "del", &m, "dev", &self.interface]);
+            if let Err(e) = ifreq::del_multicast(&self.interface, m) {
+                tracing::warn!(
+                    "removing {} from {}'s multicast filter: {e}",
+                    mac_text(m),
+                    self.interface
+                );
+            }
         }
         if self.promisc {
-            let _ = run(&[
-                "ip",
-                "link",
-                "set",
-                "dev",
-                &self.interface,
-                "promisc",
-                "off",
-            ]);
+            if let Err(e) = set_flags(&self.interface, LinkFlags::Promisc, false, "promisc off") {
+                tracing::warn!("{e}");
+            }
             self.promisc = false;
         }
         let mut restored = true;
@@ -459,8 +410,8 @@ impl Host {
     /// them), keeping the rest for [`Host::teardown`].
     pub fn remove_vips(&mut self) {
         for vip in self.vips.drain(..) {
-            if let Err(e) = run(&["ip", "addr", "del", &vip_prefix(vip), "dev", "lo"]) {
-                tracing::warn!("removing VIP {vip} from lo: {e}");
+            if let Err(e) = del_vip(vip) {
+                tracing::warn!("{e}");
             }
         }
     }
