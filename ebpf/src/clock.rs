@@ -35,17 +35,18 @@ pub fn standing() -> Standing {
     if cfg!(feature = "bisect-no-lease-clock") {
         return Standing::Serving;
     }
-    let (Some(lease), Some(hold)) = (XNLB_CTRL.get(ctrl::LEASE), XNLB_CTRL.get(ctrl::HOLD)) else {
+    let Some(lease) = XNLB_CTRL.get(ctrl::LEASE) else {
         return Standing::Fenced;
     };
     // SAFETY: a helper call with no arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     if now < *lease {
-        Standing::Serving
-    } else if now < *hold {
-        Standing::Holding
-    } else {
-        Standing::Fenced
+        return Standing::Serving;
+    }
+    // Only a node past its lease reads the held-delivery word.
+    match XNLB_CTRL.get(ctrl::HOLD) {
+        Some(hold) if now < *hold => Standing::Holding,
+        _ => Standing::Fenced,
     }
 }
 
