@@ -15,15 +15,13 @@
 
 use std::net::IpAddr;
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
-};
+use netlink_packet_core::NLM_F_DUMP;
 use netlink_packet_sock_diag::{
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
     inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
     SockDiagMessage,
 };
-use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use thiserror::Error;
 use xnlb_common::{ipproto, Table};
 
@@ -94,64 +92,40 @@ fn dump(
     vips: &[IpAddr],
     out: &mut Vec<HeldConn>,
 ) -> Result<(), SocketsError> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let mut request = NetlinkMessage::new(
-        header,
-        SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::empty(),
-            states: held_states(),
-            socket_id: if v6 {
-                SocketId::new_v6()
-            } else {
-                SocketId::new_v4()
-            },
-        })
-        .into(),
-    );
-    request.finalize();
-    let mut buf = vec![0; request.buffer_len()];
-    request.serialize(&mut buf[..]);
-    socket.send(&buf[..], 0)?;
-
-    let mut rx = vec![0u8; 64 * 1024];
-    loop {
-        let size = socket.recv(&mut &mut rx[..], 0)?;
-        let mut offset = 0;
-        while offset < size {
-            let msg = <NetlinkMessage<SockDiagMessage>>::deserialize(&rx[offset..size])
-                .map_err(|e| SocketsError::Malformed(e.to_string()))?;
-            let len = msg.header.length as usize;
-            match msg.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                    let id = &r.header.socket_id;
-                    if vips.contains(&id.source_address) {
-                        out.push(HeldConn {
-                            vip: id.source_address,
-                            vip_port: id.source_port,
-                            client: id.destination_address,
-                            client_port: id.destination_port,
-                            state: r.header.state,
-                        });
-                    }
-                }
-                NetlinkPayload::Done(_) => return Ok(()),
-                NetlinkPayload::Error(e) => {
-                    return Err(SocketsError::Kernel(e.code.map_or(0, |c| c.get())));
-                }
-                _ => {}
+    let request = SockDiagMessage::InetRequest(InetRequest {
+        family,
+        protocol: IPPROTO_TCP,
+        extensions: ExtensionFlags::empty(),
+        states: held_states(),
+        socket_id: if v6 {
+            SocketId::new_v6()
+        } else {
+            SocketId::new_v4()
+        },
+    });
+    let answers =
+        crate::netlink::exchange(NETLINK_SOCK_DIAG, request, NLM_F_DUMP).map_err(|e| {
+            match (e.kind(), e.raw_os_error()) {
+                (std::io::ErrorKind::InvalidData, _) => SocketsError::Malformed(e.to_string()),
+                (_, Some(code)) => SocketsError::Kernel(-code),
+                _ => SocketsError::Io(e),
             }
-            if len == 0 {
-                break;
+        })?;
+    for answer in answers {
+        if let SockDiagMessage::InetResponse(r) = answer {
+            let id = &r.header.socket_id;
+            if vips.contains(&id.source_address) {
+                out.push(HeldConn {
+                    vip: id.source_address,
+                    vip_port: id.source_port,
+                    client: id.destination_address,
+                    client_port: id.destination_port,
+                    state: r.header.state,
+                });
             }
-            offset += len;
         }
     }
+    Ok(())
 }
 
 /// The data-plane slot (`Table::state` index) a connection falls in,
