@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::config::{Config, MacMode};
+use crate::config::{Config, MacMode, VipMode};
 
 /// Why host setup failed.
 #[derive(Debug, thiserror::Error)]
@@ -372,6 +372,11 @@ impl Host {
         for v in &cfg.vips {
             add_vip(v.address)?;
             self.vips.push(v.address);
+            if v.mode == VipMode::Routed {
+                // Routers send it to this node's own MAC: no cluster MAC to
+                // join, no promiscuous mode, no solicited-node group.
+                continue;
+            }
             match v.mac_mode {
                 MacMode::Unicast if !self.promisc => {
                     run(&["ip", "link", "set", "dev", interface, "promisc", "on"])?;

@@ -2,6 +2,7 @@
 //! the XDP data plane (`ebpf/`), plus the command line that manages it.
 
 pub mod admission;
+pub mod announce;
 pub mod config;
 pub mod control;
 pub mod dataplane;
@@ -12,6 +13,7 @@ pub mod key;
 pub mod liveness;
 pub mod lock;
 pub mod metrics;
+pub mod netlink;
 pub mod plan;
 pub mod prefilter;
 pub mod runtime;

@@ -267,6 +267,12 @@ fn protocol_thread(
         let writer = Writer::spawn(state_file(&parts.cfg), written_tx)
             .map_err(RunError::io("starting the state file writer"))?;
         let (dp, xdp) = parts.dataplane.unzip();
+        let mut announcer = crate::announce::for_config(&parts.cfg).map_err(RunError::io(
+            "creating the routed-mode announcement device (xnlb-routed)",
+        ))?;
+        if let Some(a) = &mut announcer {
+            a.membership.attached = dp.is_some();
+        }
         let sh = Shell {
             peers: Peers::new(&parts.cfg),
             source_filter: SourceFilter::new(&parts.cfg),
@@ -285,6 +291,7 @@ fn protocol_thread(
             stopped: false,
             fatal: None,
             notify,
+            announcer,
         };
         let mut sh = event_loop::protocol_loop(sh, commands, signals, written_rx).await;
         sh.teardown();
