@@ -44,6 +44,9 @@ pub const ROUTED_TABLE: u32 = 4242;
 /// long as the agent process.
 pub const ANNOUNCE_DEVICE: &str = "xnlb-routed";
 
+/// The verdict's reason when the lease has run out.
+const LEASE_ENDED: &str = "the lease has ended (fenced)";
+
 /// What the shell knows of this node that decides whether it may be
 /// announced. Times are on the data plane's clock (`CLOCK_BOOTTIME` ns).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -77,7 +80,7 @@ impl Membership {
         } else if !self.quorum {
             Err("no quorum")
         } else if now >= self.lease_until {
-            Err("the lease has ended (fenced)")
+            Err(LEASE_ENDED)
         } else if !self.installed {
             Err("the current map is not installed")
         } else {
@@ -102,6 +105,9 @@ pub struct Announcer<R: Routes> {
     routes: R,
     /// Whether the routes are in the table.
     announced: bool,
+    /// The last `now` at which the verdict allowed the announcement: a
+    /// fence found later happened after it.
+    last_healthy: u64,
 }
 
 impl<R: Routes> Announcer<R> {
@@ -115,6 +121,7 @@ impl<R: Routes> Announcer<R> {
             vips,
             routes,
             announced: false,
+            last_healthy: 0,
         }
     }
 
@@ -129,7 +136,11 @@ impl<R: Routes> Announcer<R> {
     /// the next call; a withdrawal counts as done even if a route could not
     /// be removed (logged), since nothing better can be done.
     pub fn update(&mut self, now: u64) {
-        match (self.membership.verdict(now), self.announced) {
+        let verdict = self.membership.verdict(now);
+        if verdict.is_ok() {
+            self.last_healthy = now;
+        }
+        match (verdict, self.announced) {
             (Ok(()), false) => {
                 for vip in &self.vips {
                     if let Err(e) = self.routes.add(*vip) {
@@ -146,12 +157,19 @@ impl<R: Routes> Announcer<R> {
             }
             (Err(why), true) => {
                 self.remove_all();
-                // How long after the fence itself: bounded by one
-                // heartbeat interval (the core's timer drives an update).
-                let since_fence = now
-                    .checked_sub(self.membership.lease_until)
-                    .map(|ns| format!(" ({} us after the lease ended)", ns / 1_000))
-                    .unwrap_or_default();
+                // How long after the lease ran out, if it did between two
+                // updates: bounded by one heartbeat interval (the core's
+                // timer drives an update). A lease cut short by the core
+                // (a Lease action in the past) is withdrawn at once.
+                let since_fence = if why == LEASE_ENDED {
+                    let fenced = self.membership.lease_until.max(self.last_healthy);
+                    format!(
+                        " ({} us after the fence)",
+                        now.saturating_sub(fenced) / 1_000
+                    )
+                } else {
+                    String::new()
+                };
                 warn!("withdrew the routed VIPs (table {ROUTED_TABLE}): {why}{since_fence}");
                 self.announced = false;
             }

@@ -8,13 +8,14 @@
 //! are on behaviour, with generous bounds.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use xnlb::announce::ROUTED_TABLE;
 use xnlb_tests::cluster::checks::CONVERGE;
-use xnlb_tests::cluster::{Cluster, ClusterSpec, VIP};
+use xnlb_tests::cluster::{Cluster, ClusterSpec, VIP, VIP6};
 use xnlb_tests::netns::{unique, Netns};
 
 /// The router's address on the data bridge (as in bird-router.conf).
@@ -65,14 +66,28 @@ impl Drop for Bird {
     }
 }
 
-/// The node ids the router's kernel routes the VIP through.
-fn router_next_hops(router: &Netns) -> BTreeSet<u8> {
-    let text = router.sh(&format!("ip route show {VIP}/32"));
+/// The router's kernel route to `vip`, as `ip route` prints it.
+fn router_route(router: &Netns, vip: IpAddr) -> String {
+    match vip {
+        IpAddr::V4(v) => router.sh(&format!("ip -4 route show {v}/32")),
+        IpAddr::V6(v) => router.sh(&format!("ip -6 route show {v}/128")),
+    }
+}
+
+/// The node ids the router's kernel routes `vip` through (nodes are
+/// 198.18.1.ID and fd00:1::ID on the data bridge).
+fn router_next_hops(router: &Netns, vip: IpAddr) -> BTreeSet<u8> {
+    let text = router_route(router, vip);
     let words: Vec<&str> = text.split_whitespace().collect();
     words
         .windows(2)
         .filter(|w| w[0] == "via")
-        .filter_map(|w| w[1].strip_prefix("198.18.1.")?.parse().ok())
+        .filter_map(|w| {
+            let id = w[1]
+                .strip_prefix("198.18.1.")
+                .or_else(|| w[1].strip_prefix("fd00:1::"))?;
+            id.parse().ok()
+        })
         .collect()
 }
 
@@ -81,6 +96,13 @@ fn node_announces(c: &Cluster, id: u8) -> bool {
     c.ns(id)
         .sh(&format!("ip route show table {ROUTED_TABLE}"))
         .contains(&VIP.to_string())
+}
+
+/// Whether node `id` has the IPv6 VIP in its announcement table.
+fn node_announces6(c: &Cluster, id: u8) -> bool {
+    c.ns(id)
+        .sh(&format!("ip -6 route show table {ROUTED_TABLE}"))
+        .contains(&VIP6.to_string())
 }
 
 /// Polls `f` every 5 ms for at most `bound`; how long it took, if it held.
@@ -115,10 +137,17 @@ fn node_conf(id: u8) -> String {
 
 /// Checks the router's ECMP set reaches `want` within `bound`, printing
 /// how long it took; panics with the route and the BIRD logs otherwise.
-fn expect_next_hops(router: &Netns, birds: &[Bird], want: &[u8], bound: Duration, what: &str) {
+fn expect_next_hops(
+    router: &Netns,
+    birds: &[Bird],
+    vip: IpAddr,
+    want: &[u8],
+    bound: Duration,
+    what: &str,
+) {
     let want: BTreeSet<u8> = want.iter().copied().collect();
-    match time_until(bound, || router_next_hops(router) == want) {
-        Some(t) => eprintln!("{what}: router routes {VIP} via nodes {want:?} after {t:?}"),
+    match time_until(bound, || router_next_hops(router, vip) == want) {
+        Some(t) => eprintln!("{what}: router routes {vip} via nodes {want:?} after {t:?}"),
         None => {
             let logs: String = birds
                 .iter()
@@ -126,8 +155,8 @@ fn expect_next_hops(router: &Netns, birds: &[Bird], want: &[u8], bound: Duration
                 .collect();
             panic!(
                 "{what}: expected next hops {want:?} within {bound:?}, the router has {:?}:\n{}\nbird logs:\n{logs}",
-                router_next_hops(router),
-                router.sh(&format!("ip route show {VIP}/32")),
+                router_next_hops(router, vip),
+                router_route(router, vip),
             );
         }
     }
@@ -150,7 +179,7 @@ fn expect_withdrawal(
         "{fault}: node {id} still announces the VIP after {WITHDRAWN:?}:\n{}",
         c.log_tail(id, 30)
     );
-    expect_next_hops(router, birds, remaining, WITHDRAWN, fault);
+    expect_next_hops(router, birds, VIP.into(), remaining, WITHDRAWN, fault);
     eprintln!(
         "{fault}: withdrawn from node {id}'s table {:?} after the fault, from the router {:?} after",
         local.unwrap_or_default(),
@@ -159,19 +188,24 @@ fn expect_withdrawal(
 }
 
 /// Three routed nodes behind a BIRD router: an ECMP route through all
-/// three; a heartbeat-only partition makes the minority node withdraw (the
-/// others stay); healed, it returns; a SIGKILLed agent's next hop goes.
+/// three, for the IPv4 and the IPv6 VIP; a heartbeat-only partition makes
+/// the minority node withdraw (the others stay); healed, it returns; a
+/// SIGKILLed agent's next hop goes, and a SIGTERMed one's.
 #[test]
 fn the_router_routes_the_vip_through_every_healthy_node_only() {
     let started = Instant::now();
     let spec = ClusterSpec {
         vip_mode: "routed",
+        vip6: true,
         ..ClusterSpec::actives(3)
     };
     let mut c = Cluster::start(&spec);
     let router = Netns::new("r");
     c.plug_into_data(&router, "eth0", ROUTER);
-    router.sh("sysctl -qw net.ipv4.fib_multipath_hash_policy=1");
+    router.sh(
+        "sysctl -qw net.ipv4.fib_multipath_hash_policy=1 net.ipv6.fib_multipath_hash_policy=1 \
+         && ip -6 addr add fd00:1::fe/64 dev eth0 nodad",
+    );
     let dir = PathBuf::from(format!("/tmp/{}", unique("xnlb-bird-")));
     std::fs::create_dir_all(&dir).expect("bird dir");
     let mut birds = vec![Bird::start(&router, &dir, "router", ROUTER_CONF)];
@@ -186,12 +220,17 @@ fn the_router_routes_the_vip_through_every_healthy_node_only() {
     c.wait_converged(&[1, 2, 3], CONVERGE);
     for id in 1..=3 {
         assert!(
-            time_until(Duration::from_secs(5), || node_announces(&c, id)).is_some(),
-            "node {id} is converged but does not announce:\n{}",
+            time_until(Duration::from_secs(5), || node_announces(&c, id)
+                && node_announces6(&c, id))
+            .is_some(),
+            "node {id} is converged but does not announce both VIPs:\n{}",
             c.log_tail(id, 30)
         );
     }
-    expect_next_hops(&router, &birds, &[1, 2, 3], BGP_UP, "start");
+    // Both VIPs, the IPv6 one over the same (IPv4) sessions.
+    for vip in [IpAddr::V4(VIP), IpAddr::V6(VIP6)] {
+        expect_next_hops(&router, &birds, vip, &[1, 2, 3], BGP_UP, "start");
+    }
 
     // Heartbeats only: node 3 still has its data link (and BGP session),
     // but alone it is a minority of three.
@@ -222,11 +261,30 @@ fn the_router_routes_the_vip_through_every_healthy_node_only() {
     );
     c.heal_heartbeats(3);
     c.wait_converged(&[1, 2, 3], CONVERGE);
-    expect_next_hops(&router, &birds, &[1, 2, 3], BGP_UP, "healed");
+    expect_next_hops(&router, &birds, VIP.into(), &[1, 2, 3], BGP_UP, "healed");
 
     // SIGKILL: nothing of the agent runs, its device and route go with it.
     c.kill(2);
     expect_withdrawal(&c, &router, &birds, 2, &[1, 3], "SIGKILL of node 2's agent");
+
+    // SIGTERM: the announcement goes first, before the leave's handoff
+    // (node 1, alone of three, may then lose quorum and withdraw too).
+    let t0 = Instant::now();
+    c.sigterm(3);
+    let local = time_until(WITHDRAWN, || !node_announces(&c, 3));
+    assert!(local.is_some(), "node 3 still announces after SIGTERM");
+    assert!(
+        time_until(WITHDRAWN, || !router_next_hops(&router, VIP.into())
+            .contains(&3))
+        .is_some(),
+        "the router still routes via node 3 after its SIGTERM"
+    );
+    eprintln!(
+        "SIGTERM of node 3's agent: withdrawn from its table {:?} after, from the router {:?} after",
+        local.unwrap_or_default(),
+        t0.elapsed()
+    );
+    let _ = c.wait_exit(3, Duration::from_secs(10));
     drop(birds);
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("routed test took {:?}", started.elapsed());
