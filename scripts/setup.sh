@@ -7,8 +7,9 @@
 # bpf-linker, the network tools the tests use, binutils (objcopy) and man-db
 # for `cargo xtask package` and its test, nginx and wrk (the real HTTP server
 # and load generator of tests/tests/http_load.rs, which start their own nginx
-# per node namespace: the system nginx service is never started), and
-# bpf-linker itself. Mounts the BPF filesystem if nothing has.
+# per node namespace: the system nginx service is never started), bird2
+# (BIRD 2, the routing daemon the routed-mode test runs in its namespaces),
+# and bpf-linker itself. Mounts the BPF filesystem if nothing has.
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -18,7 +19,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 PKGS=(
   rustc-web rust-web-src llvm-22-dev libpolly-22-dev libzstd-dev clang-22
   bpftool iproute2 nftables iptables iputils-ping ethtool procps netsniff-ng
-  binutils man-db nginx wrk
+  binutils man-db nginx wrk bird2
 )
 BPF_LINKER_VERSION=0.13.0
 
@@ -54,6 +55,28 @@ fi
 if [ -s /run/nginx.pid ] && pid="$(cat /run/nginx.pid)" && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = nginx ]; then
   log "stopping the system nginx (pid $pid; the tests start their own)"
   $SUDO kill -QUIT "$pid"
+fi
+
+# bird2's package starts and enables a system-wide bird with /etc/bird/bird.conf.
+# The tests start their own bird processes (own config, control socket and pid
+# file, inside their namespaces) and must not share the host with one, so the
+# packaged service is stopped and masked; on a host without systemd its
+# init script's daemon is stopped by its pid file.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  if [ "$(systemctl is-enabled bird.service 2>/dev/null || true)" != masked ]; then
+    log "stopping and masking the packaged bird.service"
+    $SUDO systemctl disable --now bird.service >/dev/null 2>&1 || true
+    $SUDO systemctl mask bird.service >/dev/null
+  fi
+else
+  if [ -f /run/bird/bird.pid ] && kill -0 "$(cat /run/bird/bird.pid)" 2>/dev/null; then
+    log "stopping the packaged bird daemon"
+    $SUDO kill "$(cat /run/bird/bird.pid)"
+  fi
+  if ls /etc/rc[2-5].d/S*bird >/dev/null 2>&1; then
+    log "disabling the packaged bird init script"
+    $SUDO update-rc.d bird disable >/dev/null 2>&1 || true
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

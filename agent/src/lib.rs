@@ -2,6 +2,7 @@
 //! the XDP data plane (`ebpf/`), plus the command line that manages it.
 
 pub mod admission;
+pub mod announce;
 pub mod config;
 pub mod control;
 pub mod dataplane;

@@ -8,7 +8,7 @@ use xnlb_common::{
     Vip as DpVip,
 };
 
-use crate::config::{Affinity, Config, MacMode, Mode, Protocol, Role};
+use crate::config::{Affinity, Config, MacMode, Mode, Protocol, Role, VipMode};
 use crate::flow::ip_bytes;
 
 /// What a configuration compiles to.
@@ -114,6 +114,11 @@ fn fingerprint(cfg: &Config) -> [u8; 32] {
             v.default,
             v.default_priority
         );
+        // Only a routed VIP adds a line: the text of every flood-mode
+        // configuration (and so its fingerprint) stays what it was.
+        if v.mode == VipMode::Routed {
+            text += "  routed\n";
+        }
         for r in &v.rules {
             text += &format!(
                 "  rule {:?} {}-{} {:?} {:?} {:?}\n",
@@ -158,8 +163,9 @@ pub fn cluster_wide_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             .iter()
             .map(|v| {
                 format!(
-                    "{} {:?} {:?} {:?} {:?}",
+                    "{} {:?} {:?} {:?} {:?} {:?}",
                     v.address,
+                    v.mode,
                     v.mac_mode,
                     v.default,
                     v.default_priority,
@@ -181,7 +187,7 @@ pub fn cluster_wide_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             .collect()
     };
     if vips(old) != vips(new) {
-        keys.push("[[vip]] (addresses, MAC mode, defaults or rules)");
+        keys.push("[[vip]] (addresses, modes, MAC mode, defaults or rules)");
     }
     if keys.is_empty() {
         keys.push("cluster-wide settings");
@@ -265,6 +271,25 @@ default = "multiple"
             fingerprint(&cfg),
             expected,
             "expected the digest of:\n{text}"
+        );
+    }
+
+    /// A routed VIP is cluster-wide: members that disagree on it refuse
+    /// each other, and a reload cannot change it.
+    #[test]
+    fn the_vip_mode_is_in_the_fingerprint_and_refused_at_reload() {
+        let flood = crate::config::Config::parse(
+            std::path::Path::new("a.toml"),
+            include_str!("../../examples/xnlb.toml"),
+        )
+        .expect("example config");
+        let mut routed = flood.clone();
+        routed.vips[0].mode = VipMode::Routed;
+        assert_ne!(fingerprint(&flood), fingerprint(&routed));
+        let changed = cluster_wide_changes(&flood, &routed);
+        assert!(
+            changed.iter().any(|k| k.contains("[[vip]]")),
+            "expected the VIPs named, got {changed:?}"
         );
     }
 }

@@ -6,7 +6,9 @@
 
 use std::fmt::Write;
 
-use super::{role_name, Affinity, Config, Failback, HealthProbe, MacMode, Mode, Protocol, XdpMode};
+use super::{
+    role_name, Affinity, Config, Failback, HealthProbe, MacMode, Mode, Protocol, VipMode, XdpMode,
+};
 
 /// `cfg` as TOML.
 pub fn to_toml(cfg: &Config) -> String {
@@ -58,6 +60,11 @@ pub fn to_toml(cfg: &Config) -> String {
     for v in &cfg.vips {
         let _ = writeln!(t, "\n[[vip]]");
         let _ = writeln!(t, "address = {}", quote(&v.address.to_string()));
+        let vip_mode = match v.mode {
+            VipMode::Flood => "flood",
+            VipMode::Routed => "routed",
+        };
+        let _ = writeln!(t, "mode = {}", quote(vip_mode));
         let mac = match v.mac_mode {
             MacMode::Multicast => "multicast",
             MacMode::Unicast => "unicast",

@@ -99,6 +99,18 @@ pub enum MacMode {
     Unicast,
 }
 
+/// How a VIP's packets reach the nodes (README, "Routed mode").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VipMode {
+    /// Every node receives every packet through the cluster MAC (as
+    /// Windows NLB): one L2 segment.
+    Flood,
+    /// The routers spread packets over the nodes by ECMP; each healthy
+    /// member announces the VIP through BIRD (see [`crate::announce`]).
+    /// No cluster MAC is joined.
+    Routed,
+}
+
 /// A member as every node knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
@@ -191,7 +203,9 @@ pub struct Health {
 pub struct Vip {
     /// The address.
     pub address: IpAddr,
-    /// Its cluster MAC's kind.
+    /// Flooded to every node, or routed to one by the routers' ECMP.
+    pub mode: VipMode,
+    /// Its cluster MAC's kind (flood mode).
     pub mac_mode: MacMode,
     /// Mode for traffic no rule matches.
     pub default: Mode,

@@ -38,6 +38,7 @@ defaults! {
     heartbeat_interval_ms: u64 = 50u64;
     dead_after_ms: u64 = 250u64;
     drain_timeout_s: u64 = 300u64;
+    vip_mode: String = "flood";
     mac_mode: String = "multicast";
     vip_default: String = "single";
     rule_mode: String = "multiple";
@@ -132,6 +133,8 @@ pub(super) struct RawMember {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawVip {
     pub address: Spanned<String>,
+    #[serde(default = "defaults::vip_mode")]
+    pub mode: Spanned<String>,
     #[serde(default = "defaults::mac_mode")]
     pub mac_mode: Spanned<String>,
     #[serde(default = "defaults::vip_default")]

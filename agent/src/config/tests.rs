@@ -202,3 +202,20 @@ fn a_defaulted_key_is_reported_where_the_fault_is_written() {
         12,
     );
 }
+
+#[test]
+fn a_vip_is_flooded_unless_it_says_routed() {
+    let c = parse(EXAMPLE).expect("valid");
+    assert_eq!(c.vips[0].mode, VipMode::Flood);
+    let src = EXAMPLE.replace(
+        "address = \"198.18.0.100\"\n",
+        "address = \"198.18.0.100\"\nmode = \"routed\"\n",
+    );
+    assert_eq!(parse(&src).expect("valid").vips[0].mode, VipMode::Routed);
+    // Line 26: the `mode` line right after the VIP's address.
+    let bad = EXAMPLE.replace(
+        "address = \"198.18.0.100\"\n",
+        "address = \"198.18.0.100\"\nmode = \"bgp\"\n",
+    );
+    expect_err(&bad, "vip[0].mode", 26);
+}

@@ -13,7 +13,7 @@ use super::context::Ctx;
 use super::raw::{given_or, RawHealth, RawRule, RawVip};
 use super::{
     Affinity, ConfigError, Health, HealthProbe, MacMode, Member, Mode, PortRule, Protocol, Role,
-    Vip, MAX_HEALTH_MS,
+    Vip, VipMode, MAX_HEALTH_MS,
 };
 
 const MODES: [(&str, Mode); 3] = [
@@ -55,6 +55,11 @@ pub(super) fn parse(cx: &Ctx, raw: &[RawVip], members: &[Member]) -> Result<Vec<
                 format!("{address} is listed twice"),
             );
         }
+        let mode = cx.choice(
+            &v.mode,
+            &format!("{key}.mode"),
+            &[("flood", VipMode::Flood), ("routed", VipMode::Routed)],
+        )?;
         let mac_mode = cx.choice(
             &v.mac_mode,
             &format!("{key}.mac_mode"),
@@ -85,6 +90,7 @@ pub(super) fn parse(cx: &Ctx, raw: &[RawVip], members: &[Member]) -> Result<Vec<
         };
         vips.push(Vip {
             address,
+            mode,
             mac_mode,
             default,
             default_priority,

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, MacMode};
+use crate::config::{Config, MacMode, VipMode};
 
 mod ifreq;
 mod rtnl;
@@ -323,6 +323,11 @@ impl Host {
         for v in &cfg.vips {
             add_vip(v.address)?;
             self.vips.push(v.address);
+            if v.mode == VipMode::Routed {
+                // Routers send it to this node's own MAC: no cluster MAC to
+                // join, no promiscuous mode, no solicited-node group.
+                continue;
+            }
             match v.mac_mode {
                 MacMode::Unicast if !self.promisc => {
                     set_flags(interface, LinkFlags::Promisc, true, "promisc on")?;

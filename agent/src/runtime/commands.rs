@@ -131,6 +131,7 @@ impl Shell {
                 Response::ok("resumed")
             }
             Request::Stop => {
+                self.leaving();
                 self.node.stop(t);
                 Response::ok("leaving the cluster")
             }

@@ -212,6 +212,7 @@ pub(super) async fn protocol_loop(
             Some(sig) = signals.recv() => match sig {
                 Signal::Terminate => {
                     info!("leaving the cluster gracefully");
+                    sh.leaving();
                     sh.node.stop(now());
                     stop_deadline.get_or_insert(tokio::time::Instant::now() + LEAVE_TIMEOUT);
                 }

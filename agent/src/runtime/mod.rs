@@ -278,12 +278,21 @@ fn protocol_thread(
                         .cfg
                         .vips
                         .iter()
+                        // Routed VIPs reach the nodes by their own
+                        // addresses: no cluster MAC to probe.
+                        .filter(|v| v.mode == crate::config::VipMode::Flood)
                         .map(|v| (v.address, crate::host::cluster_mac(v.address, v.mac_mode)))
                         .collect(),
                 }))
             }
             _ => None,
         };
+        let mut announcer = crate::announce::for_config(&parts.cfg).map_err(RunError::io(
+            "creating the routed-mode announcement device (xnlb-routed)",
+        ))?;
+        if let Some(a) = &mut announcer {
+            a.membership.attached = dp.is_some();
+        }
         let sh = Shell {
             flood,
             started: std::time::Instant::now(),
@@ -304,6 +313,7 @@ fn protocol_thread(
             stopped: false,
             fatal: None,
             notify,
+            announcer,
         };
         let mut sh = event_loop::protocol_loop(sh, commands, signals, written_rx).await;
         sh.teardown();

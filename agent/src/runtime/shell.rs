@@ -20,6 +20,7 @@ use xnlb_proto::{Action, Node, Report, Transmit};
 use super::failovers::Failovers;
 use super::now;
 use super::persistence::{state_file, Outbox};
+use crate::announce::{Announcer, Membership, TunRoutes};
 use crate::config::Config;
 use crate::dataplane::Dataplane;
 use crate::host::Host;
@@ -84,6 +85,8 @@ pub(super) struct Shell {
     pub fatal: Option<String>,
     /// Tells the service manager about reloads.
     pub notify: fn(super::ServiceState),
+    /// Routed mode's BGP announcement (none without routed VIPs).
+    pub announcer: Option<Announcer<TunRoutes>>,
 }
 
 impl Shell {
@@ -99,10 +102,33 @@ impl Shell {
         while let Some(report) = self.node.poll_report() {
             self.log(report);
         }
+        // Every input ends here, the core's timer included (at least once
+        // per heartbeat interval): a lease that ran out is withdrawn
+        // within one interval.
+        if let Some(a) = &mut self.announcer {
+            a.update(now().0);
+        }
         while let Some(t) = self.node.poll_transmit() {
             if let Some(t) = self.outbox.pass(t) {
                 self.send(&t);
             }
+        }
+    }
+
+    /// What decides routed mode's announcement, to be changed (the next
+    /// [`Shell::drive`] acts on it).
+    pub fn membership(&mut self) -> Option<&mut Membership> {
+        self.announcer.as_mut().map(|a| &mut a.membership)
+    }
+
+    /// The node is leaving: withdraw its announcement now, before the
+    /// handoff that follows.
+    pub fn leaving(&mut self) {
+        if let Some(m) = self.membership() {
+            m.leaving = true;
+        }
+        if let Some(a) = &mut self.announcer {
+            a.update(now().0);
         }
     }
 
@@ -127,6 +153,9 @@ impl Shell {
                     info!("state file {} written again: rejoining", path.display());
                     self.outbox.failing = false;
                 }
+                if let Some(m) = self.membership() {
+                    m.storage_ok = true;
+                }
                 let released: Vec<Transmit> = self.outbox.durable(seq).collect();
                 for h in &released {
                     self.send(h);
@@ -142,6 +171,9 @@ impl Shell {
                     self.outbox.failing = true;
                 }
                 self.outbox.failed(seq);
+                if let Some(m) = self.membership() {
+                    m.storage_ok = false;
+                }
                 self.node.persisted(t, seq, false);
             }
         }
@@ -167,6 +199,9 @@ impl Shell {
                         error!("extending the lease: {e}");
                     }
                 }
+                if let Some(m) = self.membership() {
+                    m.lease_until = until.0;
+                }
             }
             Action::Persist { seq, state } => {
                 if !self.writer.write(seq, state) {
@@ -191,6 +226,9 @@ impl Shell {
             }
             Report::Quorum { has, why } => {
                 self.failovers.quorum(has);
+                if let Some(m) = self.membership() {
+                    m.quorum = has;
+                }
                 if has {
                     info!("quorum gained: {why}");
                 } else {
@@ -243,11 +281,17 @@ impl Shell {
                 error!("installing epoch {epoch} in the data plane: {e}; fenced and silent until an install succeeds");
                 // Before any datagram leaves: none may claim it.
                 self.node.install_failed(now());
+                if let Some(m) = self.membership() {
+                    m.installed = false;
+                }
                 return;
             }
         }
         debug!("epoch {epoch} installed in the data plane: {owned} buckets taking new flows");
         self.installed = Some(table);
+        if let Some(m) = self.membership() {
+            m.installed = true;
+        }
     }
 
     /// What `xnlb status` shows now.
@@ -284,6 +328,10 @@ impl Shell {
             return false;
         };
         error!("this node can no longer serve: {why}; removing the VIPs, leaving the cluster and exiting");
+        if let Some(m) = self.membership() {
+            m.attached = false;
+        }
+        self.leaving();
         self.host.remove_vips();
         self.node.stop(now());
         self.fatal = Some(why);
@@ -318,6 +366,9 @@ impl Shell {
     /// Undoes the host setup, fences and detaches the data plane (the
     /// control socket is removed by the thread that bound it).
     pub fn teardown(&mut self) {
+        self.leaving();
+        // Closing the TUN device also deletes whatever route is left.
+        self.announcer = None;
         self.host.teardown();
         if let (Some(mut dp), Some(interface)) = (self.dp.take(), self.cfg.interface.clone()) {
             if let Err(e) = dp.set_lease(0) {

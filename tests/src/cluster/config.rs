@@ -48,8 +48,9 @@ pub(super) fn config_text(
     }
     for (i, vip) in vips.iter().enumerate() {
         t += &format!(
-            "\n[[vip]]\naddress = \"{vip}\"\ndefault = \"multiple\"\n\
-             [[vip.rule]]\nprotocol = \"both\"\nports = \"1-65535\"\nmode = \"multiple\"\n"
+            "\n[[vip]]\naddress = \"{vip}\"\nmode = \"{mode}\"\ndefault = \"multiple\"\n\
+             [[vip.rule]]\nprotocol = \"both\"\nports = \"1-65535\"\nmode = \"multiple\"\n",
+            mode = spec.vip_mode,
         );
         if let (0, Some(port)) = (i, spec.health_tcp_port) {
             t += &format!(

@@ -23,6 +23,12 @@ impl Cluster {
         self.signal(id, libc::SIGCONT);
     }
 
+    /// SIGTERM node `id`'s agent without waiting for it (see
+    /// [`Cluster::terminate`], [`Cluster::wait_exit`]).
+    pub fn sigterm(&mut self, id: u8) {
+        self.signal(id, libc::SIGTERM);
+    }
+
     /// SIGTERM node `id`'s agent and wait for it to leave (at most 10 s).
     pub fn terminate(&mut self, id: u8) -> Option<std::process::ExitStatus> {
         self.signal(id, libc::SIGTERM);

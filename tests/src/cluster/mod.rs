@@ -109,6 +109,8 @@ pub struct ClusterSpec {
     /// Serve Prometheus metrics on [`METRICS_ADDR`] in each node's
     /// namespace (read them with [`Cluster::scrape`]).
     pub metrics: bool,
+    /// Every VIP's `mode`: `"flood"` or `"routed"`.
+    pub vip_mode: &'static str,
 }
 
 impl ClusterSpec {
@@ -129,6 +131,7 @@ impl ClusterSpec {
             deferred: Vec::new(),
             health_tcp_port: None,
             metrics: false,
+            vip_mode: "flood",
         }
     }
 }
@@ -284,6 +287,12 @@ impl Cluster {
     /// The data bridge's namespace (client traffic, heartbeat link 1).
     pub fn data_bridge(&self) -> &Netns {
         &self.data
+    }
+
+    /// Plugs interface `dev` of namespace `ns` (a router, another client)
+    /// into the data bridge with address `addr`/24.
+    pub fn plug_into_data(&self, ns: &Netns, dev: &str, addr: &str) {
+        plug(&self.data, ns, dev, addr);
     }
 
     /// The heartbeat bridge's namespace (heartbeat link 0).
