@@ -23,6 +23,9 @@ struct Cluster {
     mute: Vec<bool>,
     /// Every datagram body each node sent (decoded).
     sent: Vec<Vec<Body>>,
+    /// Every datagram each node sent, as (to, link, bytes): what an
+    /// on-path attacker could record and replay.
+    recorded: Vec<Vec<(u8, usize, Vec<u8>)>>,
     /// Highest write that landed, per node (datagrams waiting for a later
     /// one are dropped: this shell writes synchronously).
     durable: Vec<u64>,
@@ -63,6 +66,7 @@ impl Cluster {
             install_broken: vec![false; n],
             mute: vec![false; n],
             sent: vec![Vec::new(); n],
+            recorded: vec![Vec::new(); n],
             durable: vec![0; n],
         }
     }
@@ -161,6 +165,7 @@ impl Cluster {
                     if let Ok(m) = wire::decode(&auth, &t.bytes) {
                         self.sent[i].push(m.body);
                     }
+                    self.recorded[i].push((t.to, t.link, t.bytes.clone()));
                     if !self.mute[i] {
                         mail.push(t);
                     }
@@ -617,4 +622,47 @@ fn a_node_that_has_heard_no_peer_does_not_report_a_quorum() {
         "alone for 20 ms: {:?}",
         s.quorum
     );
+}
+
+#[test]
+fn a_node_fed_replayed_votes_of_its_previous_life_is_repaired_by_snapshot() {
+    // Node 1 takes part, then leaves; its state file is lost and it starts
+    // afresh. Authentic datagrams the others sent it in its previous life
+    // (replayed by an on-path attacker, or delayed) include promises and
+    // acceptances of the ballots it used then, which it uses again: it
+    // "decides" an epoch alone that nobody accepted in this life. It must
+    // serve nothing from it, and once it hears the others it must be
+    // repaired (a snapshot) instead of refusing their commits forever.
+    let mut c = Cluster::new(&[Role::Active; 3], 64);
+    c.run(500);
+    let old: Vec<(usize, Vec<u8>)> = c.recorded[1]
+        .iter()
+        .chain(&c.recorded[2])
+        .filter(|(to, _, _)| *to == 1)
+        .map(|(_, link, bytes)| (*link, bytes.clone()))
+        .collect();
+    let now = Time(c.now);
+    c.node(0).stop(now);
+    c.run(1500);
+    c.nodes[0] = Some(Node::new(c.configs[0].clone(), Time(c.now), 7).expect("fresh"));
+    c.durable[0] = 0;
+    c.mute[0] = true;
+    for (link, bytes) in &old {
+        c.now += MS / 10;
+        let now = Time(c.now);
+        c.node(0).handle_datagram(now, *link, bytes);
+        c.shell(0, now);
+        for b in 0..64 {
+            assert!(c.owners(b).len() <= 1, "bucket {b}: {:?}", c.owners(b));
+        }
+    }
+    c.mute[0] = false;
+    c.run(2000);
+    let s0 = c.status(0);
+    let s1 = c.status(1);
+    assert_eq!(s0.epoch, s1.epoch, "node 1 caught up: {s0:?}");
+    for b in 0..64 {
+        assert_eq!(c.owners(b).len(), 1, "bucket {b} after it rejoined");
+    }
+    assert!((0..64).any(|b| c.owners(b) == [0]), "node 1 serves again");
 }

@@ -76,6 +76,11 @@ impl Catchup {
         }
     }
 
+    /// The digest our log recorded for `epoch`, if it holds that commit.
+    fn digest_of(&self, epoch: u64) -> Option<u64> {
+        self.log.iter().find(|e| e.0 == epoch).map(|e| e.2)
+    }
+
     /// The commits after `have`, if the log reaches back that far.
     fn commits_after(&self, have: u64) -> Option<Vec<(u64, Vec<Op>, u64)>> {
         let first = self.log.front()?.0;
@@ -182,7 +187,12 @@ impl Node {
         if have > self.state.epoch || (have == self.state.epoch && digest == self.digest) {
             return;
         }
-        if have < self.state.epoch {
+        // A requester whose state at `have` is not the one we committed
+        // (it decided something alone, e.g. a node that lost its state and
+        // was fed replayed votes of its previous life) cannot apply our
+        // commits: it gets the whole state instead of a loop of refusals.
+        let diverged = self.catchup.digest_of(have).is_some_and(|d| d != digest);
+        if have < self.state.epoch && !diverged {
             if let Some(entries) = self.catchup.commits_after(have) {
                 for (epoch, ops, digest) in entries {
                     self.send_on(from, link, Body::Commit { epoch, ops, digest });
