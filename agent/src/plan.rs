@@ -49,9 +49,10 @@ pub fn plan(cfg: &Config) -> Plan {
             } else {
                 family::V6
             },
-            mac_mode: match v.mac_mode {
-                MacMode::Unicast => mac_mode::UNICAST,
-                MacMode::Multicast => mac_mode::MULTICAST,
+            mac_mode: match (v.mode, v.mac_mode) {
+                (VipMode::Routed, _) => mac_mode::ROUTED,
+                (_, MacMode::Unicast) => mac_mode::UNICAST,
+                (_, MacMode::Multicast) => mac_mode::MULTICAST,
             },
             default_mode: dp_mode(v.default),
             index: i as u16,

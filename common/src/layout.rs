@@ -135,6 +135,11 @@ pub mod mac_mode {
     pub const MULTICAST: u8 = 0;
     /// [`UNICAST_PREFIX`] + last 4 bytes: a locally administered unicast MAC.
     pub const UNICAST: u8 = 1;
+    /// A routed VIP: no cluster MAC. Its packets come from a router to the
+    /// node's own MAC, and the program answers no ARP or neighbour
+    /// solicitation for it (the host's stack, with `arp_ignore`, does not
+    /// either: the VIP is on `lo`).
+    pub const ROUTED: u8 = 2;
     /// First two bytes of a multicast cluster MAC (`03:bf`: group bit set).
     pub const MULTICAST_PREFIX: [u8; 2] = [0x03, 0xbf];
     /// First two bytes of a unicast cluster MAC (`02:bf`: locally

@@ -9,7 +9,7 @@
 //! reply is the node's own MAC: a multicast cluster MAC is not a valid source,
 //! and a unicast one must never be learnt by switches (so they keep flooding).
 
-use xnlb_common::{counter, ctrl, icmpv6, ipproto, Table};
+use xnlb_common::{counter, ctrl, icmpv6, ipproto, mac_mode, Table};
 
 use crate::clock::lease_valid;
 use crate::drop_log::Stats;
@@ -44,15 +44,20 @@ pub fn arp(f: &Frame, l3: usize, t: &Table, stats: Stats) -> u32 {
         stats.bump(counter::NON_VIP);
         return XDP_PASS;
     };
+    if vip >= t.vips.len() {
+        return XDP_PASS;
+    }
+    if t.vips[vip].mac_mode == mac_mode::ROUTED {
+        // Routers reach a routed VIP through the nodes' own addresses.
+        stats.bump(counter::NON_VIP);
+        return XDP_PASS;
+    }
     if !lease_valid() {
         return stats.fenced();
     }
     let Some(mac) = if_mac() else {
         return XDP_PASS;
     };
-    if vip >= t.vips.len() {
-        return XDP_PASS;
-    }
     let cmac = t.vips[vip].cluster_mac();
     let sha = a.read_mac(8);
     let spa = a.read::<4>(14);
@@ -92,13 +97,14 @@ pub fn neighbour_solicitation(f: &Frame, l3: usize, t: &Table, stats: Stats) -> 
     {
         return None;
     }
+    if vip >= t.vips.len() || t.vips[vip].mac_mode == mac_mode::ROUTED {
+        // A routed VIP: see `arp`.
+        return None;
+    }
     if !lease_valid() {
         return Some(stats.fenced());
     }
     let mac = if_mac()?;
-    if vip >= t.vips.len() {
-        return None;
-    }
     let cmac = t.vips[vip].cluster_mac();
     let requester = eth.read_mac(6);
     eth.write_mac(0, &requester);

@@ -443,6 +443,26 @@ fn arp_requests_for_a_vip_are_answered_with_the_cluster_mac() {
 }
 
 #[test]
+fn a_routed_vip_gets_no_arp_or_neighbour_answer_from_the_program() {
+    // Routers reach a routed VIP through the nodes' own addresses: the
+    // program leaves ARP and NS for it to the stack (which, with the VIP on
+    // lo and arp_ignore, does not answer either).
+    let mut fx = Fixture::new();
+    let mut t = half_table();
+    for v in t.vips.iter_mut().take(t.nvips as usize) {
+        v.mac_mode = xnlb_common::mac_mode::ROUTED;
+    }
+    fx.serve(&t);
+    let before = fx.counters();
+    let asker = Ipv4Addr::new(198, 18, 0, 9);
+    assert_eq!(fx.run(&arp_request(asker, VIP4)).action, PASS);
+    let asker6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 9);
+    assert_eq!(fx.run(&neighbour_solicitation(asker6, VIP6)).action, PASS);
+    assert_eq!(delta(&before, &fx.counters(), counter::ARP_REPLIES), 0);
+    assert_eq!(delta(&before, &fx.counters(), counter::ND_REPLIES), 0);
+}
+
+#[test]
 fn neighbour_solicitations_for_a_vip_get_an_advertisement_with_a_valid_checksum() {
     use pnet::packet::icmpv6;
     let mut fx = Fixture::new();
