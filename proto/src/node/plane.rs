@@ -142,32 +142,6 @@ impl Plane {
         Some(install)
     }
 
-    /// Takes the table a previous agent left live in the data plane as the
-    /// baseline, demoted like [`Self::distrust`]: its connections keep
-    /// being served (`RELEASING`) while this incarnation rejoins, and no
-    /// slot accepts new flows before the barrier.
-    fn adopt(&mut self, live: Vec<u8>, epoch: u64, buckets: usize) -> Action {
-        let demoted: Vec<u8> = live
-            .into_iter()
-            .map(|s| {
-                if s == OWNED || s == ACQUIRING {
-                    RELEASING
-                } else {
-                    s
-                }
-            })
-            .collect();
-        let install = Action::Install {
-            epoch,
-            states: demoted[..buckets].to_vec(),
-            singles: demoted[buckets..].to_vec(),
-        };
-        self.dp = Some(demoted);
-        self.flows_remaining = None;
-        self.releasing_since = None;
-        install
-    }
-
     /// Stops trusting the table handed over as a baseline: after a state was
     /// adopted whole across a gap (a snapshot skipping epochs, or a repair),
     /// slots that accept new flows in it may have belonged to others in the
@@ -348,9 +322,12 @@ impl Node {
         self.outbox.push_report(done);
     }
 
-    /// Takes the table a previous agent left live in the data plane (see
-    /// [`Plane::adopt`]) instead of starting from an empty one. Call right
-    /// after [`Node::new`] or [`Node::restore`], before polling anything.
+    /// Takes the table a previous agent left live in the data plane as the
+    /// baseline instead of starting from an empty one, distrusted like a
+    /// state adopted across a gap ([`Plane::distrust`]): its connections
+    /// keep being served (`RELEASING`) while this incarnation rejoins, and
+    /// no slot accepts new flows before the barrier. Call right after
+    /// [`Node::new`] or [`Node::restore`], before polling anything.
     pub fn adopt_dataplane(&mut self, now: Time, states: &[u8], singles: &[u8]) {
         let mut live = states.to_vec();
         live.extend_from_slice(singles);
@@ -358,10 +335,8 @@ impl Node {
             return; // another layout: start from nothing, as before
         }
         self.outbox.drop_installs();
-        let demoted = self
-            .plane
-            .adopt(live, self.state.epoch, self.cfg.buckets as usize);
-        self.outbox.push_action(demoted);
+        self.plane.dp = Some(live);
+        self.distrust_dataplane(now);
         self.refresh_dataplane(now);
     }
 }
@@ -380,9 +355,12 @@ fn limit(current: u8, desired: u8) -> u8 {
     }
 }
 
-/// Whether a peer's heartbeat says its data plane holds `(epoch, digest)`.
-pub(super) fn reports(h: &Heartbeat, epoch: u64, digest: u64) -> bool {
-    h.installed && h.epoch == epoch && h.digest == digest
+/// Whether a peer's heartbeat says its data plane holds `(epoch, digest)`,
+/// sent after it heard this `incarnation` of ours (it echoes it): a
+/// heartbeat from before our start, delayed or replayed, may describe an
+/// epoch its sender has long left.
+pub(super) fn reports(h: &Heartbeat, epoch: u64, digest: u64, incarnation: u64) -> bool {
+    h.installed && h.epoch == epoch && h.digest == digest && h.echo_incarnation == incarnation
 }
 
 #[cfg(test)]

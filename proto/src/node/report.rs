@@ -233,11 +233,9 @@ impl Node {
     }
 
     /// Whether every participating member that `counts` has confirmed our
-    /// (epoch, digest) in its latest heartbeat, sent after it heard this
-    /// incarnation of ours (it echoes it): a heartbeat from before our
-    /// start, delayed or replayed, may describe an epoch its sender has
-    /// long left, and must not open a barrier for a node that lost its
-    /// state and replays old epochs.
+    /// (epoch, digest) in its latest heartbeat ([`reports`]: one sent to
+    /// this incarnation, so that no stale heartbeat opens a barrier for a
+    /// node that lost its state and replays old epochs).
     pub(super) fn confirmed_by_all(
         &self,
         counts: impl Fn(&crate::assign::MemberRec) -> bool,
@@ -249,10 +247,7 @@ impl Node {
                 || self
                     .peer(m.id)
                     .and_then(|p| p.report.as_ref())
-                    .is_some_and(|h| {
-                        h.echo_incarnation == self.incarnation
-                            && reports(h, self.state.epoch, self.digest)
-                    })
+                    .is_some_and(|h| reports(h, self.state.epoch, self.digest, self.incarnation))
         })
     }
 

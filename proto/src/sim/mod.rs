@@ -125,6 +125,7 @@ impl World {
                 stop_requested: false,
             });
         }
+        let sockets = Sockets::for_config(&scenario.config(0));
         let mut w = World {
             net: Net::new(n, scenario.links),
             scenario,
@@ -139,7 +140,7 @@ impl World {
             max_horizon_seen: 0,
             corrupt_scheduled: false,
             steps: 0,
-            sockets: Sockets::default(),
+            sockets,
             trace: std::env::var("XNLB_SIM_TRACE").is_ok_and(|v| v != "0"),
             trace_lease: std::env::var("XNLB_SIM_TRACE").is_ok_and(|v| v == "2"),
             trace_msgs: std::env::var("XNLB_SIM_TRACE").is_ok_and(|v| v == "3"),

@@ -72,8 +72,23 @@ pub struct Sockets {
     pub closed: u64,
     /// Connections ended by their holder after their windows ran out.
     pub cut: u64,
+    /// Real time every connection is promised at least: held delivery (the
+    /// shortest window; handoffs and orphans last longer) on the slowest
+    /// clock. Set by [`Sockets::for_config`].
+    pub window: u64,
     /// Sweeps that found a connection its holder did not pass.
     pub stalled_sweeps: u64,
+}
+
+impl Sockets {
+    /// No connections yet, promising what `cfg`'s held delivery promises.
+    pub fn for_config(cfg: &crate::config::Config) -> Sockets {
+        let hold = quorum::hold_ns(cfg.drain_timeout_ns, cfg.hold_cap_ns);
+        Sockets {
+            window: hold - hold / 50,
+            ..Sockets::default()
+        }
+    }
 }
 
 impl World {
@@ -115,29 +130,40 @@ impl World {
             // was promised ran out.
             if other_passes || (c.holder == i && self.cut_for_good(i, &c)) {
                 self.sockets.conns.swap_remove(k);
-                self.sockets.cut += 1;
-                let age = self.now - c.opened;
-                let window = self.guaranteed_window();
-                if age < window && !self.nodes[c.holder].stop_requested && !c.state_lost {
-                    let msg = format!(
-                        "connection cut early: {} after {} ms (promised {} ms): slot {}, holder node {}",
-                        if other_passes {
-                            format!("node {} passes it", i + 1)
-                        } else {
-                            "its holder dropped it".to_string()
-                        },
-                        age / MS,
-                        window / MS,
-                        c.slot,
-                        c.holder + 1
-                    );
-                    self.fail(msg);
+                let how = if other_passes {
+                    format!("node {} passes it", i + 1)
+                } else {
+                    "its holder dropped it".to_string()
+                };
+                if !self.end_conn(&c, &how) {
                     return;
                 }
                 continue;
             }
             k += 1;
         }
+    }
+
+    /// Counts `c` (already removed) as ended by the cluster, `how`; false
+    /// (and the run failed) if that came before every window it was
+    /// promised ran out, unless an operator `stop` or a lost state file
+    /// excuses it.
+    fn end_conn(&mut self, c: &Conn, how: &str) -> bool {
+        self.sockets.cut += 1;
+        let age = self.now - c.opened;
+        let window = self.sockets.window;
+        if age >= window || self.nodes[c.holder].stop_requested || c.state_lost {
+            return true;
+        }
+        let msg = format!(
+            "connection cut early: {how} after {} ms (promised {} ms): slot {}, holder node {}",
+            age / MS,
+            window / MS,
+            c.slot,
+            c.holder + 1
+        );
+        self.fail(msg);
+        false
     }
 
     /// The holder stops serving `c` deliberately: its agent runs, takes
@@ -152,15 +178,6 @@ impl World {
             && node.cluster_state().participates(sn.id)
     }
 
-    /// Real time every connection is promised at least: held delivery
-    /// (the shortest window; handoffs and orphans last longer), on the
-    /// slowest clock.
-    fn guaranteed_window(&self) -> u64 {
-        let cfg = self.scenario.config(0);
-        let hold = quorum::hold_ns(cfg.drain_timeout_ns, cfg.hold_cap_ns);
-        hold - hold / 50
-    }
-
     /// Opens and closes connections, sweeps the rule on every node, and
     /// schedules the next sweep.
     pub(super) fn sweep_sockets(&mut self) {
@@ -170,30 +187,14 @@ impl World {
         self.sockets.closed += (before - self.sockets.conns.len()) as u64;
         // A member that left (stop) ended its connections when its handoff
         // finished or timed out; its host serves the VIP no more.
-        let window = self.guaranteed_window();
-        let mut early = None;
-        let nodes = &self.nodes;
-        let mut cut = 0;
-        self.sockets.conns.retain(|c| {
-            if !nodes[c.holder].stopped {
-                return true;
+        let (left, kept): (Vec<Conn>, Vec<Conn>) = std::mem::take(&mut self.sockets.conns)
+            .into_iter()
+            .partition(|c| self.nodes[c.holder].stopped);
+        self.sockets.conns = kept;
+        for c in &left {
+            if !self.end_conn(c, "its holder left") {
+                return;
             }
-            cut += 1;
-            if now - c.opened < window && !nodes[c.holder].stop_requested && !c.state_lost {
-                early = Some(c.clone());
-            }
-            false
-        });
-        self.sockets.cut += cut;
-        if let Some(c) = early {
-            let msg = format!(
-                "connection cut early: node {} left with a connection in slot {} opened {} ms before",
-                c.holder + 1,
-                c.slot,
-                (now - c.opened) / MS
-            );
-            self.fail(msg);
-            return;
         }
         if self.sockets.conns.len() < MAX_CONNS && self.rng.chance(0.5) {
             self.open_conn();
