@@ -127,14 +127,13 @@ pub enum Lease {
 }
 
 impl Lease {
-    /// From the program's two deadlines and now (CLOCK_BOOTTIME ns).
+    /// From the program's two deadlines and now (CLOCK_BOOTTIME ns), by the
+    /// program's own rule ([`xnlb_common::standing`]).
     pub fn at(now: u64, lease: u64, hold: u64) -> Lease {
-        if now < lease {
-            Lease::Valid
-        } else if now < hold {
-            Lease::Holding
-        } else {
-            Lease::Expired
+        match xnlb_common::standing(now, lease, || hold) {
+            xnlb_common::Standing::Serving => Lease::Valid,
+            xnlb_common::Standing::Holding => Lease::Holding,
+            xnlb_common::Standing::Fenced => Lease::Expired,
         }
     }
 }

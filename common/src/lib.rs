@@ -19,5 +19,5 @@ pub mod wire;
 pub use classify::{match_rule, rule_index, RuleMatch};
 pub use hash::{bucket_of, flow_hash, seed_from_name, FlowWords};
 pub use layout::*;
-pub use verdict::{holding_verdict, slot_verdict, PacketKind, SlotVerdict};
+pub use verdict::{holding_verdict, slot_verdict, standing, PacketKind, SlotVerdict, Standing};
 pub use wire::*;

@@ -68,6 +68,33 @@ pub fn slot_verdict(state: u8, kind: PacketKind) -> SlotVerdict {
     }
 }
 
+/// Where a node stands against its lease, for a packet it would otherwise
+/// accept (docs/SAFETY.md, S3 and S6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Lease valid: serve as the slot state says.
+    Serving,
+    /// Past the lease, before the held-delivery deadline: accept nothing
+    /// new, deliver only connections this kernel holds ([`holding_verdict`]).
+    Holding,
+    /// Past both: drop.
+    Fenced,
+}
+
+/// The [`Standing`] at `now` given the lease deadline and the held-delivery
+/// deadline (all CLOCK_BOOTTIME ns). `hold` is asked for only past the
+/// lease: the program reads that word for a fenced node only.
+#[inline(always)]
+pub fn standing(now: u64, lease: u64, hold: impl FnOnce() -> u64) -> Standing {
+    if now < lease {
+        Standing::Serving
+    } else if now < hold() {
+        Standing::Holding
+    } else {
+        Standing::Fenced
+    }
+}
+
 /// The verdict of a node past its lease but within held delivery, in any
 /// slot it does not mark `NOT_OWNED`: only a connection its kernel holds
 /// (docs/SAFETY.md, S6); nothing new.
@@ -82,6 +109,15 @@ pub fn holding_verdict(kind: PacketKind) -> SlotVerdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn standing_reads_the_hold_only_past_the_lease() {
+        let unread = || -> u64 { panic!("hold read while the lease is valid") };
+        assert_eq!(standing(5, 10, unread), Standing::Serving);
+        assert_eq!(standing(10, 10, || 20), Standing::Holding);
+        assert_eq!(standing(20, 10, || 20), Standing::Fenced);
+        assert_eq!(standing(5, 0, || 0), Standing::Fenced);
+    }
 
     #[test]
     fn the_table_reads_as_documented() {

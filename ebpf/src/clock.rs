@@ -1,6 +1,7 @@
 //! The two clocks the program reads, and why each.
 
 use aya_ebpf::helpers::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns};
+pub use xnlb_common::Standing;
 use xnlb_common::ctrl;
 
 use crate::XNLB_CTRL;
@@ -15,19 +16,6 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// Where this node stands against its lease, for a packet it would
-/// otherwise accept.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Standing {
-    /// Lease valid: serve as the slot state says.
-    Serving,
-    /// Past the lease, before the held-delivery deadline: accept nothing
-    /// new, deliver only connections this kernel holds (S6).
-    Holding,
-    /// Past both: drop (S3).
-    Fenced,
-}
-
 /// This node's [`Standing`], from one precise clock read (see
 /// [`lease_valid`] for why this clock).
 #[inline(always)]
@@ -40,14 +28,10 @@ pub fn standing() -> Standing {
     };
     // SAFETY: a helper call with no arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    if now < *lease {
-        return Standing::Serving;
-    }
     // Only a node past its lease reads the held-delivery word.
-    match XNLB_CTRL.get(ctrl::HOLD) {
-        Some(hold) if now < *hold => Standing::Holding,
-        _ => Standing::Fenced,
-    }
+    xnlb_common::standing(now, *lease, || {
+        XNLB_CTRL.get(ctrl::HOLD).map_or(0, |hold| *hold)
+    })
 }
 
 /// True while the agent's lease is valid (S3). The deadline is on
@@ -57,15 +41,5 @@ pub fn standing() -> Standing {
 /// would otherwise accept pays for the read (see [`crate::vip::VipPacket`]).
 #[inline(always)]
 pub fn lease_valid() -> bool {
-    if cfg!(feature = "bisect-no-lease-clock") {
-        return true;
-    }
-    match XNLB_CTRL.get(ctrl::LEASE) {
-        Some(deadline) => {
-            // SAFETY: a helper call with no arguments.
-            let now = unsafe { bpf_ktime_get_boot_ns() };
-            now < *deadline
-        }
-        None => false,
-    }
+    standing() == Standing::Serving
 }
