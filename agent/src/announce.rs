@@ -18,7 +18,9 @@
 //! whose real implementation ([`TunRoutes`]) is the only IO here.
 //!
 //! A frozen agent (SIGSTOP) keeps its routes: its lease fences it in XDP,
-//! and its BIRD, which is not frozen, keeps announcing (see README).
+//! and its BIRD, which is not frozen, keeps announcing (see README). The
+//! packets the routers still send it are not lost: past its lease its XDP
+//! program forwards them on (`xnlb_common::forward`, the fallback).
 
 use std::fs::File;
 use std::io;
@@ -64,6 +66,11 @@ pub struct Membership {
     pub storage_ok: bool,
     /// The node is leaving (stop, SIGTERM, or the liveness check gave up).
     pub leaving: bool,
+    /// The node is drained (operator drain, failing health check, manual
+    /// failback hold): it takes no new flows, so the routers need not send
+    /// it any. Its connections still reach it: the other nodes forward
+    /// them to it while it holds them.
+    pub drained: bool,
 }
 
 impl Membership {
@@ -73,6 +80,8 @@ impl Membership {
     pub fn verdict(&self, now: u64) -> Result<(), &'static str> {
         if self.leaving {
             Err("leaving the cluster")
+        } else if self.drained {
+            Err("drained (operator drain, failing health check or failback hold)")
         } else if !self.attached {
             Err("no XDP data plane attached")
         } else if !self.storage_ok {
@@ -299,6 +308,7 @@ mod tests {
             attached: true,
             storage_ok: true,
             leaving: false,
+            drained: false,
         }
     }
 
@@ -306,13 +316,14 @@ mod tests {
     fn only_a_healthy_member_is_announced() {
         assert_eq!(healthy().verdict(999), Ok(()));
         type Break = fn(&mut Membership);
-        let broken: [(&str, Break); 6] = [
+        let broken: [(&str, Break); 7] = [
             ("no quorum", |m| m.quorum = false),
             ("lease ended", |m| m.lease_until = 999),
             ("not installed", |m| m.installed = false),
             ("detached", |m| m.attached = false),
             ("storage", |m| m.storage_ok = false),
             ("leaving", |m| m.leaving = true),
+            ("drained", |m| m.drained = true),
         ];
         for (what, change) in broken {
             let mut m = healthy();

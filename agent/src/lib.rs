@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod explain;
 pub mod flood_probe;
 pub mod flow;
+pub mod forwarding;
 pub mod health;
 pub mod host;
 pub mod key;

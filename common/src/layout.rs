@@ -6,7 +6,7 @@
 
 /// Version of this layout; stored in the pinned control map so a new agent
 /// can tell whether it may adopt the maps a previous agent left pinned.
-pub const LAYOUT_VERSION: u64 = 3;
+pub const LAYOUT_VERSION: u64 = 4;
 
 /// Where the agent pins the program, its link and its maps (bpffs).
 pub const PIN_DIR: &str = "/sys/fs/bpf/xnlb";
@@ -21,6 +21,9 @@ pub mod map_name {
     pub const STATS: &str = "XNLB_STATS";
     /// LRU of first fragments this node accepted ([`super::FragKey`]).
     pub const FRAGS: &str = "XNLB_FRAGS";
+    /// Members' MACs on the data segment by member id (routed mode's
+    /// forwarding targets, see [`super::member_mac`]).
+    pub const MEMBERS: &str = "XNLB_MEMBERS";
 }
 
 /// Name of the filtering XDP program in the object.
@@ -310,6 +313,23 @@ pub struct Table {
     /// [`slot_state`] per bucket (`0..buckets`), then per single slot
     /// (`MAX_BUCKETS + slot`).
     pub state: [u8; MAX_SLOTS],
+    /// Routed mode: the member id owning each slot in this epoch
+    /// ([`NO_MEMBER`]: nobody), where a packet this node does not accept
+    /// is forwarded. Read only for routed VIPs; installed with `state`, so
+    /// a packet's verdict and its forwarding come from the same epoch.
+    pub owner: [u8; MAX_SLOTS],
+    /// Routed mode: a previous owner still holding connections in each
+    /// slot (a lingering handoff), where the slot's owner forwards a
+    /// connection's packet its own kernel does not hold.
+    pub holder: [u8; MAX_SLOTS],
+    /// This node's member id (never a forwarding target).
+    pub me: u8,
+    /// Routed mode: a live member to forward to when this node is past
+    /// its lease and its table names itself the owner (its buckets have
+    /// moved on without it: that member forwards to their new owner).
+    pub fallback: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 6],
 }
 
 impl Table {
@@ -322,7 +342,49 @@ impl Table {
             nvips: 0,
             vips: [Vip::default(); MAX_VIPS],
             state: [slot_state::NOT_OWNED; MAX_SLOTS],
+            owner: [NO_MEMBER; MAX_SLOTS],
+            holder: [NO_MEMBER; MAX_SLOTS],
+            me: NO_MEMBER,
+            fallback: NO_MEMBER,
+            _pad: [0; 6],
         }
+    }
+}
+
+/// "Nobody" in [`Table::owner`], [`Table::holder`] and [`Table::fallback`]
+/// (member ids are 1..=255).
+pub const NO_MEMBER: u8 = 0;
+
+/// Entries of `XNLB_MEMBERS`: one per member id.
+pub const MEMBER_ENTRIES: u32 = 256;
+
+/// Values of `XNLB_MEMBERS`: a member's MAC on the data segment in the low
+/// six bytes (wire order, as [`ctrl::IFMAC`]) and [`member_mac::KNOWN`]
+/// set; 0 while the agent has not learnt it (forwarding to it drops).
+pub mod member_mac {
+    /// Set in an entry that holds a MAC.
+    pub const KNOWN: u64 = 1 << 63;
+
+    /// The entry for `mac`.
+    #[inline(always)]
+    pub fn pack(mac: [u8; 6]) -> u64 {
+        let mut w = [0u8; 8];
+        let mut i = 0;
+        while i < 6 {
+            w[i] = mac[i];
+            i += 1;
+        }
+        u64::from_le_bytes(w) | KNOWN
+    }
+
+    /// The MAC of an entry, if it holds one.
+    #[inline(always)]
+    pub fn unpack(v: u64) -> Option<[u8; 6]> {
+        if v & KNOWN == 0 {
+            return None;
+        }
+        let b = v.to_le_bytes();
+        Some([b[0], b[1], b[2], b[3], b[4], b[5]])
     }
 }
 
@@ -367,8 +429,15 @@ pub mod counter {
     pub const PASSED_FRAGMENT: usize = 10;
     /// ICMP errors delivered to the owner of the quoted flow.
     pub const PASSED_ICMP_ERROR: usize = 11;
+    /// Routed mode: VIP packets sent on to the node that accepts them
+    /// (their slot's owner, or the node holding their connection).
+    pub const FORWARDED: usize = 12;
+    /// Routed mode: VIP packets this node neither accepts nor may forward
+    /// (forwarded twice already, no owner, the target's MAC unknown, or
+    /// the target is where it came from).
+    pub const DROPPED_UNROUTABLE: usize = 13;
     /// Number of counters.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 14;
     /// Metric names, in index order.
     pub const NAMES: [&str; COUNT] = [
         "vip_packets",
@@ -383,6 +452,8 @@ pub mod counter {
         "passed_held",
         "passed_fragment",
         "passed_icmp_error",
+        "forwarded",
+        "dropped_unroutable",
     ];
 }
 
@@ -477,8 +548,11 @@ mod tests {
         assert_eq!(size_of::<FragKey>(), 40);
         assert_eq!(
             size_of::<Table>(),
-            24 + size_of::<Vip>() * MAX_VIPS + MAX_SLOTS
+            24 + size_of::<Vip>() * MAX_VIPS + 3 * MAX_SLOTS + 8
         );
+        assert_eq!(member_mac::unpack(0), None);
+        let m = [0x02, 1, 2, 3, 4, 0xff];
+        assert_eq!(member_mac::unpack(member_mac::pack(m)), Some(m));
     }
 
     #[test]

@@ -11,12 +11,14 @@
 
 pub mod bench;
 pub mod classify;
+pub mod forward;
 pub mod hash;
 pub mod layout;
 pub mod verdict;
 pub mod wire;
 
 pub use classify::{match_rule, rule_index, RuleMatch};
+pub use forward::{forward_target, MAX_HOPS};
 pub use hash::{bucket_of, flow_hash, seed_from_name, FlowWords};
 pub use layout::*;
 pub use verdict::{holding_verdict, slot_verdict, standing, PacketKind, SlotVerdict, Standing};

@@ -15,6 +15,17 @@ pub mod ethertype {
     pub const VLAN_8021Q: u16 = 0x8100;
     /// 802.1ad VLAN tag (S-tag, "QinQ").
     pub const VLAN_8021AD: u16 = 0x88a8;
+    /// A VIP packet one node forwarded to another in routed mode (IEEE
+    /// 802 Local Experimental Ethertype 1). The IP version is read from
+    /// the packet; the receiving program restores the IP ethertype before
+    /// passing it. A host without the program drops it (unknown ethertype):
+    /// forwarded traffic fails closed.
+    pub const FORWARDED: u16 = 0x88b5;
+    /// A VIP packet forwarded a second time (Local Experimental Ethertype
+    /// 2): the owner of a lingering bucket sending it on to the node still
+    /// holding the bucket's connections, or the reverse. Never forwarded
+    /// again, so an epoch disagreement drops a packet, never loops it.
+    pub const FORWARDED_AGAIN: u16 = 0x88b6;
 }
 
 /// Length of an Ethernet header without VLAN tags.

@@ -39,6 +39,21 @@ pub fn frame_verdict<const PROBE: bool>(f: &Frame, stats: Stats) -> u32 {
         // Deeper VLAN stack than we parse.
         return unparsable.verdict();
     }
+    // Routed mode: a VIP packet another node forwarded here; the IP
+    // version says which header follows. (How many times it was forwarded
+    // is read again from the frame where it matters, see
+    // [`crate::vip::hop`]: a constant carried from here would split every
+    // path the verifier explores below in three.)
+    if ethertype == ethertype::FORWARDED || ethertype == ethertype::FORWARDED_AGAIN {
+        let Some(v) = f.get::<1>(l3) else {
+            return stats.malformed(why::TRUNCATED_L3);
+        };
+        ethertype = match v.u8(0) >> 4 {
+            4 => ethertype::IPV4,
+            6 => ethertype::IPV6,
+            _ => return stats.malformed(why::BAD_VERSION),
+        };
+    }
 
     let Some(active) = XNLB_CTRL.get(ctrl::ACTIVE) else {
         return XDP_PASS;

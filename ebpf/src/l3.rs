@@ -11,7 +11,7 @@ use xnlb_common::{counter, family, ipproto, ipv6_ext, Table, MAX_IPV6_EXT};
 use crate::drop_log::{why, Stats};
 use crate::packet::Frame;
 use crate::vip::{find_vip4, find_vip6, Fragment, VipPacket};
-use crate::{reply, XDP_PASS};
+use crate::{reply, XDP_DROP, XDP_PASS};
 
 /// Headers of a VIP packet must end before this offset. It bounds the
 /// variable offsets the verifier has to reason about; real traffic never
@@ -44,6 +44,21 @@ pub struct L2Frame<'a> {
     pub stats: Stats<'a>,
 }
 
+impl L2Frame<'_> {
+    /// A packet for no VIP: passed untouched, unless another node
+    /// forwarded it here (for a VIP this table no longer has): the stack
+    /// cannot take a frame of the forwarding ethertype.
+    #[inline(always)]
+    fn not_a_vip(&self) -> u32 {
+        if crate::vip::hop(self.f, self.l3) != 0 {
+            self.stats.bump(counter::DROPPED_UNROUTABLE);
+            return XDP_DROP;
+        }
+        self.stats.bump(counter::NON_VIP);
+        XDP_PASS
+    }
+}
+
 #[inline(always)]
 pub fn ipv4<const PROBE: bool>(frame: L2Frame) -> u32 {
     let (f, l3, t, stats) = (frame.f, frame.l3, frame.t, frame.stats);
@@ -56,8 +71,7 @@ pub fn ipv4<const PROBE: bool>(frame: L2Frame) -> u32 {
     }
     let dst = ip.word(16);
     let Some(vip) = find_vip4(t, dst) else {
-        stats.bump(counter::NON_VIP);
-        return XDP_PASS;
+        return frame.not_a_vip();
     };
     stats.bump(counter::VIP_PACKETS);
     let ihl = ((vihl & 0x0f) as usize) * 4;
@@ -84,6 +98,7 @@ pub fn ipv4<const PROBE: bool>(frame: L2Frame) -> u32 {
             id: ip.be16(4) as u32,
         },
         cluster_dst: frame.cluster_dst,
+        l3,
     }
     .verdict::<PROBE>(f, t, stats)
 }
@@ -98,15 +113,14 @@ pub fn ipv6<const PROBE: bool>(frame: L2Frame) -> u32 {
         return stats.malformed(why::BAD_VERSION);
     }
     let next = ip.u8(6);
-    if next == ipproto::ICMPV6 {
+    if next == ipproto::ICMPV6 && crate::vip::hop(f, l3) == 0 {
         if let Some(verdict) = reply::neighbour_solicitation(f, l3, t, stats) {
             return verdict;
         }
     }
     let dst = ip.words4(24);
     let Some(vip) = find_vip6(t, &dst) else {
-        stats.bump(counter::NON_VIP);
-        return XDP_PASS;
+        return frame.not_a_vip();
     };
     stats.bump(counter::VIP_PACKETS);
     let src = ip.words4(8);
@@ -167,6 +181,7 @@ pub fn ipv6<const PROBE: bool>(frame: L2Frame) -> u32 {
         l4: off,
         fragment,
         cluster_dst: frame.cluster_dst,
+        l3,
     }
     .verdict::<PROBE>(f, t, stats)
 }

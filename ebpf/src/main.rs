@@ -38,7 +38,9 @@ use aya_ebpf::{
 };
 use core::cell::Cell;
 
-use xnlb_common::{ctrl, ethertype, ipproto, Counters, FragKey, Table, FRAG_TABLE_ENTRIES};
+use xnlb_common::{
+    ctrl, ethertype, ipproto, Counters, FragKey, Table, FRAG_TABLE_ENTRIES, MEMBER_ENTRIES,
+};
 
 /// Two tables; `XNLB_CTRL[ACTIVE]` names the live one.
 #[map]
@@ -52,6 +54,11 @@ static XNLB_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(1, 0);
 /// First fragments this node accepted; later fragments follow them.
 #[map]
 static XNLB_FRAGS: LruHashMap<FragKey, u64> = LruHashMap::pinned(FRAG_TABLE_ENTRIES, 0);
+
+/// Routed mode: members' MACs on the data segment by member id
+/// (`xnlb_common::member_mac`), learnt and written by the agent.
+#[map]
+static XNLB_MEMBERS: Array<u64> = Array::pinned(MEMBER_ENTRIES, 0);
 
 /// Last log time per CPU (coarse ns), so logging is rate-limited.
 #[map]

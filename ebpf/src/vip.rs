@@ -5,8 +5,9 @@
 //! [`crate::verdict`].
 
 use xnlb_common::{
-    counter, ctrl, family, flow_hash, frag, match_rule, mode, slot_state, FlowWords, FragKey,
-    Table, Vip, MAX_SLOTS, MAX_VIPS,
+    counter, ctrl, ethertype, family, flow_hash, forward_target, frag, mac_mode, match_rule,
+    member_mac, mode, slot_state, FlowWords, FragKey, PacketKind, Table, Vip, MAX_HOPS, MAX_SLOTS,
+    MAX_VIPS,
 };
 
 use crate::clock::{lease_valid, now, standing, Standing};
@@ -14,7 +15,7 @@ use crate::drop_log::{why, Stats};
 use crate::l3::MAX_L4_OFF;
 use crate::packet::Frame;
 use crate::verdict::{self, Decision};
-use crate::{l4, XDP_DROP, XDP_PASS, XNLB_CTRL, XNLB_FRAGS};
+use crate::{l4, XDP_DROP, XDP_PASS, XDP_TX, XNLB_CTRL, XNLB_FRAGS, XNLB_MEMBERS};
 
 /// Index of the VIP with IPv4 address word `addr`.
 #[inline(always)]
@@ -81,6 +82,20 @@ pub struct VipPacket {
     pub fragment: Fragment,
     /// Sent to a cluster MAC: an accepted packet needs the interface's MAC.
     pub cluster_dst: bool,
+    /// Offset of the L3 header (the ethertype is the two bytes before it:
+    /// the forwarding one if another node sent it here, see [`hop`]).
+    pub l3: usize,
+}
+
+/// How many times another node forwarded the frame whose L3 header is at
+/// `l3` (routed mode, 0..=[`MAX_HOPS`]), from its ethertype.
+#[inline(always)]
+pub fn hop(f: &Frame, l3: usize) -> u8 {
+    match f.get::<2>(l3 - 2).map(|t| t.be16(0)) {
+        Some(ethertype::FORWARDED) => 1,
+        Some(ethertype::FORWARDED_AGAIN) => 2,
+        _ => 0,
+    }
 }
 
 impl VipPacket {
@@ -137,19 +152,26 @@ impl VipPacket {
         // slot it held for longer than that, so every other node drops
         // them (S6). A slot it does not hold is dropped below without
         // reading the clock, the common case on every node.
+        // Whether the lease is valid, when it was read (not for a slot
+        // this node does not hold).
+        let mut serving = None;
         let decision = if state == slot_state::NOT_OWNED {
             Decision::Drop
         } else {
-            match standing() {
+            let s = standing();
+            serving = Some(s == Standing::Serving);
+            match s {
                 Standing::Serving => verdict::decide(f, state, &flow, self.family),
-                Standing::Holding => match verdict::decide_holding(f, &flow, self.family) {
-                    Decision::Drop => return stats.fenced(),
-                    d => d,
-                },
-                Standing::Fenced => return stats.fenced(),
+                Standing::Holding => verdict::decide_holding(f, &flow, self.family),
+                Standing::Fenced => Decision::Drop,
             }
         };
         match decision {
+            Decision::Drop if vip.mac_mode == mac_mode::ROUTED => {
+                let kind = PacketKind::of(flow.proto, flow.tcp_flags);
+                self.forward(f, t, slot, kind, serving, stats)
+            }
+            Decision::Drop if serving == Some(false) => stats.fenced(),
             Decision::Drop => {
                 stats.bump(counter::DROPPED_NOT_OWNER);
                 XDP_DROP
@@ -213,10 +235,77 @@ impl VipPacket {
         XDP_DROP
     }
 
+    /// Routed mode: send a packet this node does not accept to the node
+    /// that does ([`xnlb_common::forward`]): the target's MAC as
+    /// destination, ours as source, the forwarding ethertype for the hop,
+    /// back out of the interface it came in on. Drops what may not go on.
+    #[inline(always)]
+    fn forward(
+        &self,
+        f: &Frame,
+        t: &Table,
+        slot: usize,
+        kind: PacketKind,
+        serving: Option<bool>,
+        stats: Stats,
+    ) -> u32 {
+        let unroutable = || {
+            stats.bump(counter::DROPPED_UNROUTABLE);
+            XDP_DROP
+        };
+        let hop = hop(f, self.l3);
+        if hop >= MAX_HOPS || slot >= MAX_SLOTS {
+            return unroutable();
+        }
+        let Some(target) = forward_target(t.me, t.owner[slot], t.holder[slot], t.fallback, kind, || {
+            serving.unwrap_or_else(lease_valid)
+        }) else {
+            return unroutable();
+        };
+        let (Some(entry), Some(ours), Some(eth), Some(ty)) = (
+            XNLB_MEMBERS.get(target as u32),
+            XNLB_CTRL.get(ctrl::IFMAC),
+            f.get::<12>(0),
+            f.get::<2>(self.l3 - 2),
+        ) else {
+            return unroutable();
+        };
+        let Some(dst) = member_mac::unpack(*entry) else {
+            return unroutable();
+        };
+        // Never straight back to where it came from (two nodes whose
+        // epochs disagree would bounce it until the hop limit).
+        if eth.read_mac(6) == dst {
+            return unroutable();
+        }
+        let m = ours.to_le_bytes();
+        eth.write_mac(0, &dst);
+        eth.write_mac(6, &[m[0], m[1], m[2], m[3], m[4], m[5]]);
+        let next = if hop == 0 {
+            ethertype::FORWARDED
+        } else {
+            ethertype::FORWARDED_AGAIN
+        };
+        ty.write::<2>(0, &next.to_be_bytes());
+        stats.bump(counter::FORWARDED);
+        XDP_TX
+    }
+
     /// Pass the packet up the stack, as the node's own.
     #[inline(always)]
     fn accept(&self, f: &Frame, stats: Stats) -> u32 {
         stats.bump(counter::PASSED);
+        if hop(f, self.l3) != 0 {
+            // Forwarded here: the stack takes it as the IP packet it is.
+            if let Some(ty) = f.get::<2>(self.l3 - 2) {
+                let ip = if self.family == family::V4 {
+                    ethertype::IPV4
+                } else {
+                    ethertype::IPV6
+                };
+                ty.write::<2>(0, &ip.to_be_bytes());
+            }
+        }
         if self.cluster_dst {
             // The stack drops unicast IP sent to a multicast or foreign MAC:
             // rewrite the cluster MAC to the interface's.

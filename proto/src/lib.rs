@@ -30,7 +30,7 @@ pub mod wire;
 pub mod sim;
 
 pub use config::{Config, ConfigError, Failback, MemberConfig, Role};
-pub use node::{Action, Blocked, MemberState, Node, Report, Transmit, PERSIST_VERSION};
+pub use node::{Action, Blocked, MemberState, Node, Report, Routes, Transmit, PERSIST_VERSION};
 pub use status::{MemberStatus, NodeState, QuorumStatus, Status};
 pub use time::Time;
 pub use wire::DropReason;

@@ -382,3 +382,27 @@ pub fn l4_of(kind: Kind, sport: u16, dport: u16, v6: bool) -> (L4, u8, u16, u16)
         ),
     }
 }
+
+/// The `n`th test client in 198.18.1.0/24 (as the kernel tests number them).
+pub fn client4(n: u32) -> IpAddr {
+    Ipv4Addr::from(0xc612_0100 + n).into()
+}
+
+/// The `n`th IPv6 test client in fd00:0:0:1::/64.
+pub fn client6(n: u16) -> IpAddr {
+    Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, n).into()
+}
+
+/// A TCP segment's header fields.
+pub fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
+    L4::Tcp {
+        sport,
+        dport,
+        flags,
+    }
+}
+
+/// How much counter `i` grew between two readings.
+pub fn delta(before: &xnlb_common::Counters, after: &xnlb_common::Counters, i: usize) -> u64 {
+    after.c[i] - before.c[i]
+}

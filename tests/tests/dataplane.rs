@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use pnet::packet::ethernet::EtherTypes;
-use xnlb_common::{counter, ipproto, single_slot_index, slot_state, Counters, Table};
+use xnlb_common::{counter, ipproto, single_slot_index, slot_state, Table};
 use xnlb_tests::cluster::{abort, connect_between};
 use xnlb_tests::fixture::{Fixture, DROP, IF_MAC, PASS, TX};
 use xnlb_tests::frames::*;
@@ -15,31 +15,11 @@ const CMAC4: [u8; 6] = [0x03, 0xbf, 198, 18, 0, 100];
 const CMAC4B: [u8; 6] = [0x02, 0xbf, 198, 18, 0, 101];
 const CMAC6: [u8; 6] = [0x03, 0xbf, 0, 0, 0x01, 0x00];
 
-fn client4(n: u32) -> IpAddr {
-    Ipv4Addr::from(0xc612_0100 + n).into()
-}
-
-fn client6(n: u16) -> IpAddr {
-    Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, n).into()
-}
-
 /// A client port whose flow to `vip:dport` lands in a slot with `state`.
 fn port_in(t: &Table, vip: IpAddr, client: IpAddr, proto: u8, dport: u16, state: u8) -> u16 {
     port_where(t, vip, client, proto, dport, |_, slot| {
         t.state[slot] == state
     })
-}
-
-fn delta(before: &Counters, after: &Counters, i: usize) -> u64 {
-    after.c[i] - before.c[i]
-}
-
-fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
-    L4::Tcp {
-        sport,
-        dport,
-        flags,
-    }
 }
 
 #[test]

@@ -8,15 +8,18 @@
 //! are on behaviour, with generous bounds.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use xnlb::announce::ROUTED_TABLE;
 use xnlb_tests::cluster::checks::CONVERGE;
-use xnlb_tests::cluster::{Cluster, ClusterSpec, VIP, VIP6};
-use xnlb_tests::netns::{unique, Netns};
+use xnlb_tests::cluster::{
+    connect_between, echo_round, read_node_id, Cluster, ClusterSpec, Conn, TCP_PORT, VIP, VIP6,
+};
+use xnlb_tests::netns::{unique, veth, Netns};
 
 /// The router's address on the data bridge (as in bird-router.conf).
 const ROUTER: &str = "198.18.1.254";
@@ -288,4 +291,446 @@ fn the_router_routes_the_vip_through_every_healthy_node_only() {
     drop(birds);
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("routed test took {:?}", started.elapsed());
+}
+
+/// The client behind the router (its own subnet: every packet it sends
+/// the VIP goes through the router's ECMP route).
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 19, 200, 2);
+
+/// Makes node `id` a heartbeat minority: its heartbeats on both links
+/// (the heartbeat bridge and the data bridge) are cut; its data path, and
+/// so its BGP session, stays.
+fn isolate_heartbeats(c: &Cluster, id: u8) {
+    c.cut_heartbeats(id);
+    c.ns(id).sh("nft add table inet xnlbiso && \
+         nft add chain inet xnlbiso in '{ type filter hook input priority 0; }' && \
+         nft add chain inet xnlbiso out '{ type filter hook output priority 0; }' && \
+         nft add rule inet xnlbiso in udp dport 7450 drop && \
+         nft add rule inet xnlbiso out udp dport 7450 drop");
+}
+
+/// Undoes [`isolate_heartbeats`].
+fn heal_isolation(c: &Cluster, id: u8) {
+    c.ns(id).sh("nft delete table inet xnlbiso");
+    c.heal_heartbeats(id);
+}
+
+/// One connection from the outside client's `port`: the node that
+/// answered, if any did within `timeout`.
+fn outside_probe(outside: &Netns, port: u16, timeout: Duration) -> Option<u8> {
+    outside.enter(|| {
+        let s = connect_between(
+            SocketAddr::from((OUTSIDE, port)),
+            SocketAddr::from((VIP, TCP_PORT)),
+            timeout,
+        )?;
+        read_node_id(s)
+    })
+}
+
+/// Connections from `ports` of the outside client, each checked against
+/// the owner `xnlb owner` names on node `ask`: how many were answered by
+/// another node than the owner (with the first few), and how many not at
+/// all.
+fn answered_by_owner(
+    c: &Cluster,
+    outside: &Netns,
+    ask: u8,
+    ports: std::ops::Range<u16>,
+) -> (usize, usize, Vec<String>) {
+    let (mut wrong, mut silent, mut first) = (0, 0, Vec::new());
+    for port in ports {
+        let owner = c.owner_of(
+            ask,
+            IpAddr::V4(VIP),
+            "tcp",
+            SocketAddr::from((OUTSIDE, port)),
+            TCP_PORT,
+        );
+        match outside_probe(outside, port, Duration::from_secs(3)) {
+            None => {
+                silent += 1;
+                if first.len() < 5 {
+                    first.push(format!("port {port}: unanswered (owner {owner:?})"));
+                }
+            }
+            Some(n) if Some(n) != owner => {
+                wrong += 1;
+                if first.len() < 5 {
+                    first.push(format!("port {port}: node {n} answered, owner {owner:?}"));
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    (wrong, silent, first)
+}
+
+/// Opens `n` long-lived echo connections from the outside client.
+fn open_outside(outside: &Netns, ports: std::ops::Range<u16>) -> Vec<Conn> {
+    outside.enter(|| {
+        ports
+            .map(|port| {
+                let mut s = connect_between(
+                    SocketAddr::from((OUTSIDE, port)),
+                    SocketAddr::from((VIP, TCP_PORT)),
+                    Duration::from_secs(3),
+                )
+                .unwrap_or_else(|| panic!("outside connection from port {port}"));
+                s.set_read_timeout(Some(Duration::from_secs(2)))
+                    .expect("timeout");
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).expect("node id");
+                Conn {
+                    port,
+                    node: b[0],
+                    stream: s,
+                    sent: 0,
+                }
+            })
+            .collect()
+    })
+}
+
+/// Waits until the listed nodes serve one epoch (quorum, lease): what a
+/// client needs. Not "converged": with long-lived connections open, the
+/// handoffs of a change stay open while they live.
+fn wait_serving(c: &Cluster, ids: &[u8], what: &str) {
+    let ok = xnlb_tests::cluster::wait_until(CONVERGE, || {
+        let st: Vec<_> = ids.iter().map(|&i| c.status(i)).collect();
+        st.iter()
+            .all(|s| s.as_ref().is_some_and(|s| s.quorum.has && s.lease_ms > 0))
+            && st
+                .windows(2)
+                .all(|w| w[0].as_ref().map(|s| s.epoch) == w[1].as_ref().map(|s| s.epoch))
+    });
+    assert!(ok, "{what}: nodes {ids:?} do not serve one epoch");
+}
+
+fn sum_counter(c: &Cluster, ids: &[u8], name: &str) -> u64 {
+    ids.iter()
+        .filter_map(|&i| c.status(i))
+        .map(|s| s.counters.get(name).copied().unwrap_or(0))
+        .sum()
+}
+
+/// Four routed nodes (node 4 deferred: started by the test) behind a
+/// BIRD router with an ECMP route, and a client on its own subnet behind
+/// the router ([`OUTSIDE`]), the nodes answering it directly (direct
+/// server return through the router).
+struct RoutedCluster {
+    c: Cluster,
+    router: Netns,
+    outside: Netns,
+    birds: Vec<Bird>,
+    dir: PathBuf,
+}
+
+impl RoutedCluster {
+    /// Starts it and waits until nodes 1-3 serve and the router routes the
+    /// VIP through them. Two heartbeat links: the second, on the data
+    /// bridge, keeps the members' MACs there in each node's neighbour
+    /// table (where routed mode learns them).
+    fn start() -> RoutedCluster {
+        let spec = &ClusterSpec {
+            vip_mode: "routed",
+            links: 2,
+            deferred: vec![4],
+            ..ClusterSpec::actives(4)
+        };
+        let c = Cluster::start(spec);
+        let router = Netns::new("r");
+        c.plug_into_data(&router, "eth0", ROUTER);
+        router.sh(
+            "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.fib_multipath_hash_policy=1 \
+             net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0",
+        );
+        let outside = Netns::new("o");
+        veth(&outside, "eth0", &router, "eth1");
+        router.sh("ip addr add 198.19.200.1/24 dev eth1");
+        outside.sh("ip addr add 198.19.200.2/24 dev eth0 && ip route add default via 198.19.200.1");
+        for n in &spec.nodes {
+            c.ns(n.id)
+                .sh("ip route add 198.19.200.0/24 via 198.18.1.254");
+        }
+        let dir = PathBuf::from(format!("/tmp/{}", unique("xnlb-bird-")));
+        std::fs::create_dir_all(&dir).expect("bird dir");
+        let router_conf = format!(
+            "{ROUTER_CONF}\nprotocol bgp node4 from xnlb_node {{ neighbor 198.18.1.4 as 65004; }}\n"
+        );
+        let mut birds = vec![Bird::start(&router, &dir, "router", &router_conf)];
+        for n in &spec.nodes {
+            let id = n.id;
+            birds.push(Bird::start(
+                c.ns(id),
+                &dir,
+                &format!("node{id}"),
+                &node_conf(id),
+            ));
+        }
+        c.wait_converged(&[1, 2, 3], CONVERGE);
+        expect_next_hops(&router, &birds, VIP.into(), &[1, 2, 3], BGP_UP, "start");
+        RoutedCluster {
+            c,
+            router,
+            outside,
+            birds,
+            dir,
+        }
+    }
+}
+
+/// Routed mode end to end: a client behind a BIRD router whose ECMP route
+/// spreads its connections over the nodes; each node forwards what it does
+/// not own to the owner in XDP. 1,000 connections are each answered by
+/// the node `xnlb owner` names, whatever next hop the router picked;
+/// long-lived connections survive a join, a drain (each changes the
+/// router's ECMP set), a heartbeat minority and a SIGKILLed agent; new
+/// connections keep being answered by their owner throughout.
+#[test]
+fn every_connection_is_answered_by_its_owner_whatever_next_hop_the_router_picked() {
+    let started = Instant::now();
+    let RoutedCluster {
+        mut c,
+        router,
+        outside,
+        birds,
+        dir,
+    } = RoutedCluster::start();
+
+    // Until every node passed its first barrier (its own slots accept
+    // nothing before), a connection may need its SYN retransmitted.
+    let (wrong, _, first) = answered_by_owner(&c, &outside, 1, 19_900..19_950);
+    assert_eq!(wrong, 0, "{first:?}");
+    let unroutable = sum_counter(&c, &[1, 2, 3], "dropped_unroutable");
+    let forwarded = sum_counter(&c, &[1, 2, 3], "forwarded");
+
+    // 1,000 connections, each by its owner.
+    let t0 = Instant::now();
+    let (wrong, silent, first) = answered_by_owner(&c, &outside, 1, 20_000..21_000);
+    let forwarded = sum_counter(&c, &[1, 2, 3], "forwarded") - forwarded;
+    eprintln!(
+        "1,000 connections through the router in {:?}: {wrong} answered by another node than the owner, {silent} unanswered; {forwarded} packets forwarded between nodes",
+        t0.elapsed()
+    );
+    assert_eq!((wrong, silent), (0, 0), "{first:?}");
+    assert!(forwarded > 0, "the router spread nothing over non-owners?");
+    assert_eq!(
+        sum_counter(&c, &[1, 2, 3], "dropped_unroutable") - unroutable,
+        0,
+        "no packet of a converged cluster is unroutable"
+    );
+
+    let mut conns = open_outside(&outside, 30_000..30_040);
+    let check = |c: &Cluster, conns: &mut Vec<Conn>, what: &str, ask: u8, ports: u16| {
+        let broken = echo_round(conns);
+        let (wrong, silent, first) = answered_by_owner(c, &outside, ask, ports..ports + 200);
+        eprintln!(
+            "{what}: {} of {} long-lived connections broken; 200 new ones: {wrong} by another node than the owner, {silent} unanswered",
+            broken.len(),
+            conns.len()
+        );
+        assert!(broken.is_empty(), "{what}: broken connections {broken:?}");
+        assert_eq!((wrong, silent), (0, 0), "{what}: {first:?}");
+        c.assert_no_overlap(what);
+    };
+    check(&c, &mut conns, "before any change", 1, 21_000);
+
+    // A join: the router's ECMP set grows.
+    c.start_agent(4);
+    wait_serving(&c, &[1, 2, 3, 4], "4 nodes");
+    expect_next_hops(
+        &router,
+        &birds,
+        VIP.into(),
+        &[1, 2, 3, 4],
+        BGP_UP,
+        "join of node 4",
+    );
+    check(&c, &mut conns, "after node 4 joined", 1, 22_000);
+
+    // A drain: node 1 withdraws, its connections are forwarded to it.
+    let r = c.control(1, xnlb::control::Request::Drain { timeout_s: None });
+    assert!(r.ok, "drain: {r:?}");
+    expect_next_hops(
+        &router,
+        &birds,
+        VIP.into(),
+        &[2, 3, 4],
+        WITHDRAWN,
+        "drain of node 1",
+    );
+    wait_serving(&c, &[1, 2, 3, 4], "4 nodes");
+    check(&c, &mut conns, "node 1 drained", 2, 23_000);
+    let r = c.control(1, xnlb::control::Request::Resume);
+    assert!(r.ok, "resume: {r:?}");
+    wait_serving(&c, &[1, 2, 3, 4], "4 nodes");
+    expect_next_hops(
+        &router,
+        &birds,
+        VIP.into(),
+        &[1, 2, 3, 4],
+        BGP_UP,
+        "resume of node 1",
+    );
+    check(&c, &mut conns, "node 1 resumed", 1, 24_000);
+
+    // A heartbeat minority: node 3 withdraws and serves nothing new.
+    isolate_heartbeats(&c, 3);
+    expect_withdrawal(
+        &c,
+        &router,
+        &birds,
+        3,
+        &[1, 2, 4],
+        "heartbeat minority of node 3",
+    );
+    wait_serving(&c, &[1, 2, 4], "majority");
+    check(&c, &mut conns, "node 3 in a minority", 1, 25_000);
+    heal_isolation(&c, 3);
+    wait_serving(&c, &[1, 2, 3, 4], "4 nodes");
+    expect_next_hops(
+        &router,
+        &birds,
+        VIP.into(),
+        &[1, 2, 3, 4],
+        BGP_UP,
+        "node 3 healed",
+    );
+
+    // SIGKILL: node 2's agent is gone (its kernel and XDP program stay,
+    // and deliver its connections, forwarded to it, while held).
+    let owned_by_2: Vec<u16> = (26_000..26_200)
+        .filter(|&p| {
+            c.owner_of(
+                1,
+                IpAddr::V4(VIP),
+                "tcp",
+                SocketAddr::from((OUTSIDE, p)),
+                TCP_PORT,
+            ) == Some(2)
+        })
+        .take(20)
+        .collect();
+    let t0 = Instant::now();
+    c.kill(2);
+    let mut served_after = None;
+    let mut probe = owned_by_2.iter().cycle();
+    while t0.elapsed() < Duration::from_secs(10) {
+        let port = *probe.next().expect("ports");
+        if outside_probe(&outside, port, Duration::from_millis(200)).is_some_and(|n| n != 2) {
+            served_after = Some(t0.elapsed());
+            break;
+        }
+        // Each try is a new connection from a recycled port: let it close.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("SIGKILL of node 2's agent: its buckets' new connections served by another node after {served_after:?}");
+    assert!(
+        served_after.is_some(),
+        "node 2's buckets were not taken over"
+    );
+    expect_withdrawal(
+        &c,
+        &router,
+        &birds,
+        2,
+        &[1, 3, 4],
+        "SIGKILL of node 2's agent",
+    );
+    wait_serving(&c, &[1, 3, 4], "survivors");
+    check(&c, &mut conns, "node 2's agent killed", 1, 27_000);
+    let unroutable = sum_counter(&c, &[1, 3, 4], "dropped_unroutable");
+    eprintln!("unroutable drops at the end: {unroutable}");
+
+    drop(conns);
+    drop(birds);
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("routed forwarding test took {:?}", started.elapsed());
+}
+
+/// Real HTTP through the router while its ECMP set changes twice (node 4
+/// joins, then node 1 drains and withdraws): nginx on every node, wrk on
+/// the client behind the router with 64 keep-alive connections and a
+/// closed-loop new-connection load. No socket error, no failed status, one
+/// server connection per keep-alive client, no client connection answered
+/// by two nodes (nginx's logs).
+#[test]
+fn http_through_the_router_survives_a_join_and_a_drain() {
+    use xnlb_tests::cluster::http::{served, Load, LoadSpec, Nginx, KEEPALIVE_PATH};
+    let RoutedCluster {
+        mut c,
+        router,
+        outside,
+        birds,
+        dir,
+    } = RoutedCluster::start();
+    let nginx = Nginx::start(&c);
+    let load = LoadSpec {
+        keepalive_conns: 64,
+        keepalive_delay_ms: 20,
+        new_conns: 64,
+        new_threads: 2,
+        max_duration_s: 30,
+        timeout_s: 20,
+    };
+    let running = Load::start(&outside, &load, nginx.dir());
+    std::thread::sleep(Duration::from_secs(1));
+    c.start_agent(4);
+    wait_serving(&c, &[1, 2, 3, 4], "join");
+    expect_next_hops(
+        &router,
+        &birds,
+        VIP.into(),
+        &[1, 2, 3, 4],
+        BGP_UP,
+        "join under load",
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let r = c.control(1, xnlb::control::Request::Drain { timeout_s: None });
+    assert!(r.ok, "drain: {r:?}");
+    expect_next_hops(
+        &router,
+        &birds,
+        VIP.into(),
+        &[2, 3, 4],
+        WITHDRAWN,
+        "drain under load",
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let r = running.stop();
+    let conns = served::connections(&nginx.requests());
+    let ka = conns.iter().filter(|k| k.path == KEEPALIVE_PATH).count();
+    let overlaps = served::overlaps(&conns);
+    let forwarded = sum_counter(&c, &[1, 2, 3, 4], "forwarded");
+    eprintln!(
+        "HTTP through the router, join + drain:\n  keep-alive: {}\n  new conns:  {}\n  {} server connections ({ka} keep-alive), {} overlaps, {forwarded} packets forwarded",
+        r.keepalive,
+        r.new_conns,
+        conns.len(),
+        overlaps.len()
+    );
+    assert!(
+        r.keepalive.socket_errors() == 0 && r.keepalive.status == 0,
+        "keep-alive connections broke: {}",
+        r.keepalive
+    );
+    assert!(
+        r.new_conns.socket_errors() == 0 && r.new_conns.status == 0,
+        "new connections failed: {}",
+        r.new_conns
+    );
+    assert_eq!(
+        ka, load.keepalive_conns as usize,
+        "a keep-alive connection was reopened"
+    );
+    assert!(
+        overlaps.is_empty(),
+        "answered by two nodes: {:?}",
+        &overlaps[..overlaps.len().min(5)]
+    );
+    assert!(conns.len() > 1_000, "no load");
+    drop(nginx);
+    drop(birds);
+    let _ = std::fs::remove_dir_all(&dir);
 }

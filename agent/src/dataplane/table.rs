@@ -5,7 +5,8 @@ use aya::maps::{Array, MapData, PerCpuArray};
 use aya::programs::Xdp;
 use aya::{Ebpf, EbpfLoader};
 use xnlb_common::{
-    ctrl, map_name, Counters, Table, LAYOUT_VERSION, MAX_BUCKETS, MAX_VIPS, PROG_FILTER, PROG_PROBE,
+    ctrl, map_name, member_mac, Counters, Table, LAYOUT_VERSION, MAX_BUCKETS, MAX_VIPS,
+    PROG_FILTER, PROG_PROBE,
 };
 
 use super::DataplaneError;
@@ -199,6 +200,17 @@ impl Dataplane {
         let mut w = [0u8; 8];
         w[..6].copy_from_slice(&mac);
         self.ctrl_set(ctrl::IFMAC, u64::from_le_bytes(w))
+    }
+
+    /// Routed mode: member `id`'s MAC on the data segment (`None`:
+    /// unknown, forwarding to it drops).
+    pub fn set_member_mac(&mut self, id: u8, mac: Option<[u8; 6]>) -> Result<(), DataplaneError> {
+        let map = self.map_mut(map_name::MEMBERS)?;
+        let mut members: Array<&mut MapData, u64> =
+            Array::try_from(map).map_err(map_err(map_name::MEMBERS))?;
+        members
+            .set(id as u32, mac.map_or(0, member_mac::pack), 0)
+            .map_err(map_err(map_name::MEMBERS))
     }
 
     /// Counters summed over CPUs.

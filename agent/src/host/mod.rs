@@ -226,6 +226,12 @@ pub fn addresses_on(interface: &str) -> Result<Vec<IpAddr>, HostError> {
     rtnl::addresses(index_of(interface)?).map_err(netlink(interface, "listing addresses".into()))
 }
 
+/// The usable entries of `interface`'s neighbour table (address, MAC):
+/// where routed mode learns the members' MACs.
+pub fn neighbours_on(interface: &str) -> Result<Vec<(IpAddr, [u8; 6])>, HostError> {
+    rtnl::neighbours(index_of(interface)?).map_err(netlink(interface, "listing neighbours".into()))
+}
+
 /// Whether `interface` is up and in promiscuous mode: `(up, promisc)`.
 pub fn link_state(interface: &str) -> Result<(bool, bool), HostError> {
     let f = rtnl::link_flags(index_of(interface)?)

@@ -113,3 +113,47 @@ pub fn link_flags(index: u32) -> io::Result<LinkFlags> {
         })
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such link"))
 }
+
+/// The neighbour table's usable entries on interface `index`: address and
+/// link-layer address (`ip neigh show dev`), leaving out entries being
+/// resolved or that failed to resolve.
+pub fn neighbours(index: u32) -> io::Result<Vec<(IpAddr, [u8; 6])>> {
+    use netlink_packet_route::neighbour::{
+        NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+    };
+    let answers = exchange(
+        RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()),
+        NLM_F_DUMP,
+    )?;
+    Ok(answers
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewNeighbour(n) if n.header.ifindex == index => Some(n),
+            _ => None,
+        })
+        .filter(|n| {
+            !matches!(
+                n.header.state,
+                NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
+            )
+        })
+        .filter_map(|n| {
+            let ip = n.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                    Some(IpAddr::V4(*v4))
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                    Some(IpAddr::V6(*v6))
+                }
+                _ => None,
+            })?;
+            let mac = n.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+                    Some([b[0], b[1], b[2], b[3], b[4], b[5]])
+                }
+                _ => None,
+            })?;
+            Some((ip, mac))
+        })
+        .collect())
+}

@@ -228,6 +228,7 @@ pub(super) async fn protocol_loop(
             }
             _ = flows.tick() => {
                 sh.report_flows();
+                sh.learn_member_macs();
                 if let Some(dp) = &mut sh.dp {
                     dp.flush_logs();
                 }

@@ -314,6 +314,7 @@ fn protocol_thread(
             fatal: None,
             notify,
             announcer,
+            member_macs: Default::default(),
         };
         let mut sh = event_loop::protocol_loop(sh, commands, signals, written_rx).await;
         sh.teardown();

@@ -15,7 +15,7 @@ use ahash::AHashMap;
 use tokio::net::UdpSocket;
 use tracing::{debug, error, info, warn};
 use xnlb_common::{slot_state, Table, MAX_BUCKETS};
-use xnlb_proto::{Action, Node, Report, Transmit};
+use xnlb_proto::{Action, Node, Report, Routes, Transmit};
 
 use super::failovers::Failovers;
 use super::now;
@@ -87,6 +87,8 @@ pub(super) struct Shell {
     pub notify: fn(super::ServiceState),
     /// Routed mode's BGP announcement (none without routed VIPs).
     pub announcer: Option<Announcer<TunRoutes>>,
+    /// Routed mode: the members' MACs last written to the data plane.
+    pub member_macs: std::collections::BTreeMap<u8, [u8; 6]>,
 }
 
 impl Shell {
@@ -106,6 +108,7 @@ impl Shell {
         // per heartbeat interval): a lease that ran out is withdrawn
         // within one interval.
         if let Some(a) = &mut self.announcer {
+            a.membership.drained = self.node.drained();
             a.update(now().0);
         }
         while let Some(t) = self.node.poll_transmit() {
@@ -187,7 +190,8 @@ impl Shell {
                 epoch,
                 states,
                 singles,
-            } => self.install(epoch, &states, &singles),
+                routes,
+            } => self.install(epoch, &states, &singles, &routes),
             Action::Lease { until, hold } => {
                 if let Some(dp) = &mut self.dp {
                     if let Some(hold) = hold {
@@ -262,7 +266,7 @@ impl Shell {
 
     /// Installs epoch `epoch`'s slot states in the data plane; a failure is
     /// reported to the core before any datagram leaves.
-    fn install(&mut self, epoch: u64, states: &[u8], singles: &[u8]) {
+    fn install(&mut self, epoch: u64, states: &[u8], singles: &[u8], routes: &Routes) {
         let mut table = self.plan.table.clone();
         table.epoch = epoch;
         let n = states.len().min(MAX_BUCKETS as usize);
@@ -272,6 +276,7 @@ impl Shell {
                 *x = *s;
             }
         }
+        crate::forwarding::fill_routes(&mut table, self.cfg.node_id, states.len(), routes);
         let owned = states
             .iter()
             .filter(|&&s| s == slot_state::OWNED || s == slot_state::ACQUIRING)
@@ -291,6 +296,53 @@ impl Shell {
         self.installed = Some(table);
         if let Some(m) = self.membership() {
             m.installed = true;
+        }
+    }
+
+    /// Routed mode: learns the other members' MACs on the data interface
+    /// from its neighbour table and writes what changed to the data plane
+    /// (forwarding to a member whose MAC is unknown drops).
+    pub fn learn_member_macs(&mut self) {
+        let (Some(dp), Some(interface)) = (&mut self.dp, &self.cfg.interface) else {
+            return;
+        };
+        if !crate::forwarding::routed(&self.cfg) {
+            return;
+        }
+        let neighbours = match crate::host::neighbours_on(interface) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!("routed mode: {e}");
+                return;
+            }
+        };
+        let learnt = crate::forwarding::member_macs(&self.cfg, &neighbours);
+        for m in self.cfg.members.iter().filter(|m| m.id != self.cfg.node_id) {
+            let (old, new) = (self.member_macs.get(&m.id), learnt.get(&m.id));
+            if old == new {
+                continue;
+            }
+            match dp.set_member_mac(m.id, new.copied()) {
+                Ok(()) => match new {
+                    Some(mac) => info!(
+                        "routed mode: member {} is at {} on {interface}",
+                        m.id,
+                        crate::host::mac_text(*mac)
+                    ),
+                    None => warn!(
+                        "routed mode: member {} has no resolved address on {interface}; packets this node forwards to it drop",
+                        m.id
+                    ),
+                },
+                Err(e) => {
+                    error!("routed mode: writing member {}'s MAC: {e}", m.id);
+                    continue;
+                }
+            }
+            match new {
+                Some(mac) => self.member_macs.insert(m.id, *mac),
+                None => self.member_macs.remove(&m.id),
+            };
         }
     }
 

@@ -39,6 +39,10 @@ impl Intent {
     }
 
     /// Why this node is drained by its own choice, for status.
+    pub(crate) fn drained(&self) -> bool {
+        self.operator_drain || self.health_drain || self.failback_hold
+    }
+
     pub(crate) fn drain_reasons(&self) -> Vec<&'static str> {
         let mut r = Vec::new();
         if self.operator_drain {

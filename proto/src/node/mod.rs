@@ -56,7 +56,7 @@ mod report;
 mod storage;
 mod timer;
 
-pub use outbox::{Action, Report, Transmit};
+pub use outbox::{Action, Report, Routes, Transmit};
 pub use report::MemberState;
 pub use storage::PERSIST_VERSION;
 
@@ -317,6 +317,12 @@ impl Node {
     /// health check, or manual failback hold.
     pub fn drain_reasons(&self) -> Vec<&'static str> {
         self.intent.drain_reasons()
+    }
+
+    /// Whether this node is drained by its own choice (any of
+    /// [`Node::drain_reasons`]), without building the list.
+    pub fn drained(&self) -> bool {
+        self.intent.drained()
     }
 
     /// Operator `stop`: hand everything off at once and leave; emits

@@ -35,6 +35,19 @@ pub struct Transmit {
     pub after_persist: u64,
 }
 
+/// Routed mode's forwarding targets per slot (buckets, then single
+/// slots, as in the data plane): installed with the slot states, so that a
+/// packet's verdict and where it is sent on come from one epoch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Routes {
+    /// The member owning each slot (`xnlb_common::NO_MEMBER`: nobody).
+    pub owners: Vec<u8>,
+    /// A previous owner still holding each slot's connections (the
+    /// lowest id of them; `NO_MEMBER`: none), where the owner sends a
+    /// connection's packet its kernel does not hold.
+    pub holders: Vec<u8>,
+}
+
 /// Something the shell **must do**, in order, before it sends any datagram
 /// polled after it: [`Node::poll_transmit`] yields nothing while an action
 /// is waiting in [`Node::poll_action`]. This is what makes
@@ -56,6 +69,8 @@ pub enum Action {
         states: Vec<u8>,
         /// Per single slot.
         singles: Vec<u8>,
+        /// Where routed mode forwards what this node does not accept.
+        routes: Routes,
     },
     /// Write to the data plane's lease word; `Time(0)` fences at once.
     Lease {

@@ -15,13 +15,15 @@ use crate::time::Time;
 use crate::wire::Heartbeat;
 use xnlb_common::slot_state::{ACQUIRING, NOT_OWNED, OWNED, RELEASING};
 
-use super::outbox::{Action, Report};
+use super::outbox::{Action, Report, Routes};
 use super::Node;
 
 /// The data plane's table, handoff and lease.
 pub(crate) struct Plane {
     /// Slot states last handed to the shell (buckets then singles).
     dp: Option<Vec<u8>>,
+    /// Forwarding targets last handed to the shell with `dp`.
+    routes: Routes,
     /// Every participating member confirmed our installed epoch.
     pub(crate) barrier_passed: bool,
     /// Since when some slot is `RELEASING`.
@@ -47,6 +49,7 @@ impl Plane {
     pub(crate) fn new() -> Plane {
         Plane {
             dp: None,
+            routes: Routes::default(),
             barrier_passed: false,
             releasing_since: None,
             flows_remaining: None,
@@ -115,7 +118,8 @@ impl Plane {
         if !releasing {
             self.releasing_since = None;
         }
-        if current == Some(&next) {
+        let routes = routes_of(state);
+        if current == Some(&next) && routes == self.routes {
             return None;
         }
         let newly_releasing = next
@@ -134,7 +138,9 @@ impl Plane {
             epoch: state.epoch,
             states: next[..buckets].to_vec(),
             singles: next[buckets..].to_vec(),
+            routes: routes.clone(),
         };
+        self.routes = routes;
         self.dp = Some(next);
         // Until the shell says otherwise (`install_failed`, before any
         // transmit leaves), the data plane holds this.
@@ -165,6 +171,7 @@ impl Plane {
             epoch,
             states: dp[..buckets].to_vec(),
             singles: dp[buckets..].to_vec(),
+            routes: self.routes.clone(),
         })
     }
 
@@ -361,6 +368,28 @@ fn limit(current: u8, desired: u8) -> u8 {
 /// epoch its sender has long left.
 pub(super) fn reports(h: &Heartbeat, epoch: u64, digest: u64, incarnation: u64) -> bool {
     h.installed && h.epoch == epoch && h.digest == digest && h.echo_incarnation == incarnation
+}
+
+/// Routed mode's forwarding targets in `state`: each slot's owner, and
+/// the lowest-id previous owner other than the owner (the one its
+/// connections' packets go to when the owner's kernel does not hold them).
+fn routes_of(state: &ClusterState) -> Routes {
+    let holders = state
+        .prev
+        .iter()
+        .zip(&state.owner)
+        .map(|(prev, owner)| {
+            prev.iter()
+                .copied()
+                .filter(|p| p != owner)
+                .min()
+                .unwrap_or(xnlb_common::NO_MEMBER)
+        })
+        .collect();
+    Routes {
+        owners: state.owner.clone(),
+        holders,
+    }
 }
 
 #[cfg(test)]

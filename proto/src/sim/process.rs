@@ -132,7 +132,7 @@ impl World {
             if self.trace {
                 match &ev {
                     NodeAction::Persist { .. } => {}
-                    NodeAction::Install { states, singles, epoch } => println!(
+                    NodeAction::Install { states, singles, epoch, .. } => println!(
                         "{:>9.3} n{} Install epoch {epoch} owned {} releasing {} acquiring {} singles {:?}",
                         self.now as f64 / 1e6,
                         i + 1,

@@ -1,0 +1,249 @@
+//! Routed mode's forwarding in the XDP program, through
+//! `BPF_PROG_TEST_RUN`: a packet this node does not accept leaves by
+//! `XDP_TX` to the node that does, with that node's MAC, ours as source and
+//! the forwarding ethertype for its hop; a forwarded packet is judged by
+//! the same verdicts, has its IP ethertype back when accepted, and is
+//! never forwarded a third time, back to where it came from, or to a
+//! member whose MAC is unknown. Flood VIPs never forward.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use pnet::packet::ethernet::EtherType;
+use xnlb_common::{counter, ethertype, ipproto, mac_mode, slot_state, Table};
+use xnlb_tests::fixture::{Fixture, DROP, IF_MAC, PASS, TX};
+use xnlb_tests::frames::*;
+use xnlb_tests::tables::*;
+
+/// This node, and the members it forwards to.
+const ME: u8 = 1;
+const OWNER: u8 = 2;
+const HOLDER: u8 = 3;
+const MAC2: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
+const MAC3: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x03];
+
+/// `half_table` with routed VIPs: this node (1) owns the even buckets,
+/// member 2 the odd ones; member 3 still holds every slot's connections.
+fn routed_table() -> Box<Table> {
+    let mut t = half_table();
+    for v in t.vips.iter_mut().take(t.nvips as usize) {
+        v.mac_mode = mac_mode::ROUTED;
+    }
+    for s in 0..t.owner.len() {
+        t.owner[s] = if t.state[s] == slot_state::OWNED {
+            ME
+        } else {
+            OWNER
+        };
+        t.holder[s] = HOLDER;
+    }
+    t.me = ME;
+    t.fallback = OWNER;
+    t
+}
+
+fn fixture(t: &Table) -> Fixture {
+    let mut fx = Fixture::new();
+    fx.serve(t);
+    fx.dp.set_member_mac(OWNER, Some(MAC2)).expect("member mac");
+    fx.dp
+        .set_member_mac(HOLDER, Some(MAC3))
+        .expect("member mac");
+    fx
+}
+
+/// A frame from the router (`from`) to this node, for `vip` from `client`.
+fn from_router(vip: IpAddr, client: IpAddr, l4: &L4) -> Vec<u8> {
+    frame(IF_MAC, client, vip, l4, &IpOpts::default())
+}
+
+/// `pkt` as node `from_mac` forwards it here, `hop` times.
+fn forwarded(pkt: &[u8], from_mac: [u8; 6], hop: u8) -> Vec<u8> {
+    let mut f = pkt.to_vec();
+    f[..6].copy_from_slice(&IF_MAC);
+    f[6..12].copy_from_slice(&from_mac);
+    let et = if hop == 1 {
+        ethertype::FORWARDED
+    } else {
+        ethertype::FORWARDED_AGAIN
+    };
+    f[12..14].copy_from_slice(&et.to_be_bytes());
+    f
+}
+
+fn port_in(t: &Table, vip: IpAddr, client: IpAddr, proto: u8, dport: u16, state: u8) -> u16 {
+    port_where(t, vip, client, proto, dport, |_, slot| {
+        t.state[slot] == state
+    })
+}
+
+#[test]
+fn a_packet_for_another_nodes_bucket_goes_to_its_owner_and_is_taken_there() {
+    let t = routed_table();
+    let mut fx = fixture(&t);
+    for (vip, client, ip_type) in [
+        (IpAddr::from(VIP4), client4(1), ethertype::IPV4),
+        (IpAddr::from(VIP6), client6(1), ethertype::IPV6),
+    ] {
+        let foreign = port_in(&t, vip, client, ipproto::TCP, 80, slot_state::NOT_OWNED);
+        let pkt = from_router(vip, client, &tcp(foreign, 80, SYN));
+        let before = fx.counters();
+        let out = fx.run(&pkt);
+        assert_eq!(out.action, TX, "{vip}: forwarded out of the interface");
+        assert_eq!(out.frame[..6], MAC2, "{vip}: to the owner's MAC");
+        assert_eq!(out.frame[6..12], IF_MAC, "{vip}: from ours");
+        assert_eq!(
+            out.frame[12..14],
+            ethertype::FORWARDED.to_be_bytes(),
+            "{vip}: marked as forwarded once"
+        );
+        assert_eq!(out.frame[14..], pkt[14..], "{vip}: the IP packet untouched");
+        let after = fx.counters();
+        assert_eq!(delta(&before, &after, counter::FORWARDED), 1);
+        assert_eq!(delta(&before, &after, counter::DROPPED_NOT_OWNER), 0);
+
+        // At the owner (here: this node, for one of its own buckets), the
+        // forwarded frame is accepted with its IP ethertype back.
+        let owned = port_in(&t, vip, client, ipproto::TCP, 80, slot_state::OWNED);
+        let pkt = from_router(vip, client, &tcp(owned, 80, SYN));
+        let out = fx.run(&forwarded(&pkt, MAC2, 1));
+        assert_eq!(
+            out.action, PASS,
+            "{vip}: the owner takes a forwarded packet"
+        );
+        assert_eq!(out.frame[12..14], ip_type.to_be_bytes());
+        assert_eq!(out.frame[14..], pkt[14..]);
+    }
+}
+
+#[test]
+fn a_packet_is_forwarded_at_most_twice_and_never_back() {
+    let t = routed_table();
+    let mut fx = fixture(&t);
+    let vip = IpAddr::from(VIP4);
+    let client = client4(2);
+    let foreign = port_in(&t, vip, client, ipproto::TCP, 80, slot_state::NOT_OWNED);
+    let pkt = from_router(vip, client, &tcp(foreign, 80, ACK));
+    // Forwarded once already (by member 3): once more, to the owner.
+    let out = fx.run(&forwarded(&pkt, MAC3, 1));
+    assert_eq!(out.action, TX);
+    assert_eq!(out.frame[..6], MAC2);
+    assert_eq!(out.frame[12..14], ethertype::FORWARDED_AGAIN.to_be_bytes());
+    let before = fx.counters();
+    // Twice already: dropped, whatever the tables say.
+    assert_eq!(fx.run(&forwarded(&pkt, MAC3, 2)).action, DROP);
+    // From the owner itself: not straight back.
+    assert_eq!(fx.run(&forwarded(&pkt, MAC2, 1)).action, DROP);
+    // A target whose MAC is not known yet.
+    fx.dp.set_member_mac(OWNER, None).expect("member mac");
+    assert_eq!(fx.run(&pkt).action, DROP);
+    let after = fx.counters();
+    assert_eq!(delta(&before, &after, counter::DROPPED_UNROUTABLE), 3);
+    assert_eq!(delta(&before, &after, counter::FORWARDED), 0);
+}
+
+#[test]
+fn the_owner_sends_a_connection_it_does_not_hold_to_the_previous_holder() {
+    let mut t = routed_table();
+    for s in 0..t.state.len() {
+        if t.state[s] == slot_state::OWNED {
+            t.state[s] = slot_state::ACQUIRING;
+        }
+    }
+    let mut fx = fixture(&t);
+    let vip = IpAddr::from(VIP4);
+    let client = client4(3);
+    let ours = port_in(&t, vip, client, ipproto::TCP, 80, slot_state::ACQUIRING);
+    // No socket here for it: the holder's.
+    let out = fx.run(&from_router(vip, client, &tcp(ours, 80, ACK)));
+    assert_eq!((out.action, &out.frame[..6]), (TX, &MAC3[..]));
+    // A new connection is ours.
+    assert_eq!(
+        fx.run(&from_router(vip, client, &tcp(ours, 80, SYN)))
+            .action,
+        PASS
+    );
+    // The holder sent it back here (it does not hold it either): dropped,
+    // not returned.
+    let back = forwarded(&from_router(vip, client, &tcp(ours, 80, ACK)), MAC3, 2);
+    assert_eq!(fx.run(&back).action, DROP);
+}
+
+#[test]
+fn past_its_lease_a_node_sends_its_own_stale_buckets_to_the_fallback() {
+    let t = routed_table();
+    let mut fx = fixture(&t);
+    fx.dp.set_lease(0).expect("lease");
+    let vip = IpAddr::from(VIP4);
+    let client = client4(4);
+    let ours = port_in(&t, vip, client, ipproto::TCP, 80, slot_state::OWNED);
+    let before = fx.counters();
+    let out = fx.run(&from_router(vip, client, &tcp(ours, 80, SYN)));
+    assert_eq!((out.action, &out.frame[..6]), (TX, &MAC2[..]));
+    // Its own held connections' packets too (none held here).
+    let out = fx.run(&from_router(vip, client, &tcp(ours, 80, ACK)));
+    assert_eq!(out.action, TX);
+    let after = fx.counters();
+    assert_eq!(delta(&before, &after, counter::PASSED), 0);
+    assert_eq!(delta(&before, &after, counter::FORWARDED), 2);
+}
+
+#[test]
+fn flood_vips_and_unknown_destinations_never_forward() {
+    let mut t = routed_table();
+    t.vips[2].mac_mode = mac_mode::UNICAST;
+    let mut fx = fixture(&t);
+    let client = client4(5);
+    let vip = IpAddr::from(VIP4B);
+    let foreign = port_where(&t, vip, client, ipproto::TCP, 80, |_, s| {
+        t.state[s] == slot_state::NOT_OWNED
+    });
+    let cmac = [0x02, 0xbf, 198, 18, 0, 101];
+    let out = fx.run(&frame(
+        cmac,
+        client,
+        vip,
+        &tcp(foreign, 80, SYN),
+        &IpOpts::default(),
+    ));
+    assert_eq!(
+        out.action, DROP,
+        "a flood VIP's other nodes see the packet themselves"
+    );
+    // A forwarded frame for an address that is no VIP here.
+    let other: IpAddr = Ipv4Addr::new(198, 18, 0, 7).into();
+    let pkt = forwarded(&from_router(other, client, &tcp(1000, 80, SYN)), MAC2, 1);
+    let before = fx.counters();
+    assert_eq!(fx.run(&pkt).action, DROP);
+    assert_eq!(
+        delta(&before, &fx.counters(), counter::DROPPED_UNROUTABLE),
+        1
+    );
+    // A forwarding ethertype over something that is not IP.
+    let mut junk = pkt.clone();
+    junk[14] = 0x50;
+    assert_eq!(fx.run(&junk).action, DROP);
+}
+
+#[test]
+fn the_forwarding_ethertype_is_rewritten_behind_vlan_tags() {
+    let t = routed_table();
+    let mut fx = fixture(&t);
+    let vip = IpAddr::from(VIP4);
+    let client = client4(6);
+    let foreign = port_in(&t, vip, client, ipproto::TCP, 80, slot_state::NOT_OWNED);
+    let ip = {
+        let f = from_router(vip, client, &tcp(foreign, 80, SYN));
+        f[14..].to_vec()
+    };
+    let pkt = ethernet(
+        IF_MAC,
+        CLIENT_MAC,
+        &[(0x8100, 7)],
+        EtherType(ethertype::IPV4),
+        &ip,
+    );
+    let out = fx.run(&pkt);
+    assert_eq!(out.action, TX);
+    assert_eq!(out.frame[12..16], pkt[12..16], "the tag stays");
+    assert_eq!(out.frame[16..18], ethertype::FORWARDED.to_be_bytes());
+}
