@@ -13,6 +13,34 @@ use netlink_packet_core::{
 };
 use netlink_sys::{Socket, SocketAddr};
 
+/// How long an exchange waits for the kernel's next answer: callers run on
+/// the protocol thread, which must never hang on a reply that does not
+/// come (a request whose answer has no terminator waits this long, then
+/// fails as `WouldBlock`).
+const RECEIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn set_receive_timeout(socket: &Socket, t: std::time::Duration) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let tv = libc::timeval {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_usec: t.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: a valid socket descriptor, and a timeval of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sends `msg` on a new socket of netlink `protocol` with `flags` (besides
 /// NLM_F_REQUEST) and returns what came back: every message of a dump, the
 /// answer to a get, nothing for an acknowledged change. A kernel error
@@ -22,6 +50,7 @@ where
     M: NetlinkSerializable + NetlinkDeserializable + Debug,
 {
     let mut socket = Socket::new(protocol)?;
+    set_receive_timeout(&socket, RECEIVE_TIMEOUT)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
     let mut header = NetlinkHeader::default();

@@ -21,9 +21,12 @@ pub mod map_name {
     pub const STATS: &str = "XNLB_STATS";
     /// LRU of first fragments this node accepted ([`super::FragKey`]).
     pub const FRAGS: &str = "XNLB_FRAGS";
-    /// Members' MACs on the data segment by member id (routed mode's
-    /// forwarding targets, see [`super::member_mac`]).
+    /// How to reach each member, by member id (routed mode's forwarding
+    /// targets, [`super::MemberRoute`]).
     pub const MEMBERS: &str = "XNLB_MEMBERS";
+    /// The program itself, at index 0: a decapsulated packet is judged
+    /// again from the start by a tail call.
+    pub const JUMP: &str = "XNLB_JUMP";
 }
 
 /// Name of the filtering XDP program in the object.
@@ -100,8 +103,12 @@ pub mod ctrl {
     /// other node drops them. Set with each lease extension, never by a
     /// revocation, and kept across agent restarts.
     pub const HOLD: u32 = 4;
+    /// Routed mode: this node's IPv4 address its members' tunnel packets
+    /// are sent to (as [`super::addr_words`] loads it; 0: none). Only
+    /// packets to it with xnlb's marks are decapsulated.
+    pub const TUNNEL_LOCAL: u32 = 5;
     /// Number of control words.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Rule and VIP modes (DESIGN 2).
@@ -176,6 +183,10 @@ pub mod ipproto {
     pub const UDP: u8 = 17;
     /// ICMPv6.
     pub const ICMPV6: u8 = 58;
+    /// IPv4 in IPv4 (routed mode's tunnel).
+    pub const IPIP: u8 = 4;
+    /// IPv6 in IPv4 (routed mode's tunnel for IPv6 VIPs).
+    pub const IPV6_IN_IPV4: u8 = 41;
 }
 
 /// One port rule as the XDP program scans it.
@@ -358,34 +369,45 @@ pub const NO_MEMBER: u8 = 0;
 /// Entries of `XNLB_MEMBERS`: one per member id.
 pub const MEMBER_ENTRIES: u32 = 256;
 
-/// Values of `XNLB_MEMBERS`: a member's MAC on the data segment in the low
-/// six bytes (wire order, as [`ctrl::IFMAC`]) and [`member_mac::KNOWN`]
-/// set; 0 while the agent has not learnt it (forwarding to it drops).
-pub mod member_mac {
-    /// Set in an entry that holds a MAC.
-    pub const KNOWN: u64 = 1 << 63;
+/// How a member is reached from this node (`XNLB_MEMBERS`, by member id).
+pub mod route_kind {
+    /// Not known (yet): forwarding to it drops.
+    pub const UNKNOWN: u8 = 0;
+    /// On the data segment: rewrite the frame to its MAC.
+    pub const L2: u8 = 1;
+    /// On another subnet: encapsulate in IPv4 (IPIP, or IPv6-in-IPv4) to
+    /// its address, through the next hop whose MAC is given.
+    pub const IPIP: u8 = 2;
+}
 
-    /// The entry for `mac`.
-    #[inline(always)]
-    pub fn pack(mac: [u8; 6]) -> u64 {
-        let mut w = [0u8; 8];
-        let mut i = 0;
-        while i < 6 {
-            w[i] = mac[i];
-            i += 1;
-        }
-        u64::from_le_bytes(w) | KNOWN
-    }
+/// Values of `XNLB_MEMBERS`: where routed mode sends a packet for a member.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemberRoute {
+    /// The member's MAC ([`route_kind::L2`]) or the next hop's towards its
+    /// tunnel address ([`route_kind::IPIP`]).
+    pub mac: [u8; 6],
+    /// [`route_kind`].
+    pub kind: u8,
+    /// Explicit padding.
+    pub _pad: u8,
+    /// [`route_kind::IPIP`]: the member's IPv4 address, as the data plane
+    /// loads it (see [`addr_words`]).
+    pub tunnel_dst: u32,
+    /// [`route_kind::IPIP`]: this node's source address towards it.
+    pub tunnel_src: u32,
+}
 
-    /// The MAC of an entry, if it holds one.
-    #[inline(always)]
-    pub fn unpack(v: u64) -> Option<[u8; 6]> {
-        if v & KNOWN == 0 {
-            return None;
-        }
-        let b = v.to_le_bytes();
-        Some([b[0], b[1], b[2], b[3], b[4], b[5]])
-    }
+/// Marks of an encapsulated packet: its outer IPv4 identification is
+/// [`tunnel::ID_BASE`] plus the hop (1: forwarded once, 2: twice), so the
+/// receiver decapsulates only xnlb's own tunnel packets and keeps the hop.
+pub mod tunnel {
+    /// Outer IPv4 header length (no options).
+    pub const OUTER_LEN: usize = 20;
+    /// High byte of the outer identification (`x`).
+    pub const ID_BASE: u16 = 0x7800;
+    /// TTL of the outer header.
+    pub const TTL: u8 = 64;
 }
 
 /// Index of single slot `slot` in [`Table::state`].
@@ -517,6 +539,7 @@ mod pod {
     unsafe impl aya::Pod for super::Table {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::MemberRoute {}
 }
 
 #[cfg(test)]
@@ -550,9 +573,7 @@ mod tests {
             size_of::<Table>(),
             24 + size_of::<Vip>() * MAX_VIPS + 3 * MAX_SLOTS + 8
         );
-        assert_eq!(member_mac::unpack(0), None);
-        let m = [0x02, 1, 2, 3, 4, 0xff];
-        assert_eq!(member_mac::unpack(member_mac::pack(m)), Some(m));
+        assert_eq!(size_of::<MemberRoute>(), 16);
     }
 
     #[test]

@@ -70,6 +70,9 @@ pub fn ipv4<const PROBE: bool>(frame: L2Frame) -> u32 {
         return stats.malformed(why::BAD_VERSION);
     }
     let dst = ip.word(16);
+    if crate::tunnel::is_ours(ip.u8(9), dst) {
+        return crate::tunnel::decapsulate(f, l3, stats);
+    }
     let Some(vip) = find_vip4(t, dst) else {
         return frame.not_a_vip();
     };

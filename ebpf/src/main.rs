@@ -27,19 +27,21 @@ mod l3;
 mod l4;
 mod packet;
 mod reply;
+mod tunnel;
 mod verdict;
 mod vip;
 
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 use core::cell::Cell;
 
 use xnlb_common::{
-    ctrl, ethertype, ipproto, Counters, FragKey, Table, FRAG_TABLE_ENTRIES, MEMBER_ENTRIES,
+    ctrl, ethertype, ipproto, Counters, FragKey, MemberRoute, Table, FRAG_TABLE_ENTRIES,
+    MEMBER_ENTRIES,
 };
 
 /// Two tables; `XNLB_CTRL[ACTIVE]` names the live one.
@@ -55,10 +57,19 @@ static XNLB_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(1, 0);
 #[map]
 static XNLB_FRAGS: LruHashMap<FragKey, u64> = LruHashMap::pinned(FRAG_TABLE_ENTRIES, 0);
 
-/// Routed mode: members' MACs on the data segment by member id
-/// (`xnlb_common::member_mac`), learnt and written by the agent.
+/// Routed mode: how to reach each member ([`MemberRoute`], by member id),
+/// learnt and written by the agent.
 #[map]
-static XNLB_MEMBERS: Array<u64> = Array::pinned(MEMBER_ENTRIES, 0);
+static XNLB_MEMBERS: Array<MemberRoute> = Array::pinned(MEMBER_ENTRIES, 0);
+
+/// The filter itself at index 0 (set by the agent after loading): a
+/// member's tunnel packet, once stripped, is judged from the start.
+/// Pinned: the kernel empties a program array nobody in userspace holds,
+/// and a crashed agent's program must still take apart the tunnel packets
+/// of the connections it delivers (held delivery). A restarted agent
+/// points it at its own program.
+#[map]
+static XNLB_JUMP: ProgramArray = ProgramArray::pinned(1, 0);
 
 /// Last log time per CPU (coarse ns), so logging is rate-limited.
 #[map]
@@ -84,7 +95,17 @@ pub fn xnlb_probe(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn run<const PROBE: bool>(ctx: &XdpContext) -> u32 {
     let why = Cell::new(0u8);
-    let verdict = l2::frame_verdict::<PROBE>(&packet::Frame::new(ctx), drop_log::Stats::new(&why));
+    let stats = drop_log::Stats::new(&why);
+    let mut verdict = l2::frame_verdict::<PROBE>(&packet::Frame::new(ctx), stats);
+    if verdict == tunnel::JUDGE_AGAIN {
+        // (The probe is run only on frames it classifies: it makes no tail
+        // call, which the kernel would refuse in its non-inlined body.)
+        verdict = if PROBE {
+            XDP_DROP
+        } else {
+            tunnel::judge_again(ctx, stats)
+        };
+    }
     if let Some(text) = drop_log::due(why.get()) {
         aya_log_ebpf::warn!(ctx, "xnlb: dropped a packet: {}", text);
     }

@@ -34,6 +34,21 @@ impl Frame {
         }
     }
 
+    /// The frame as the context says it is now (after the head moved:
+    /// every earlier pointer into it is stale).
+    #[inline(always)]
+    pub fn reload(&self) -> Frame {
+        let md = self.ctx as *const aya_ebpf::bindings::xdp_md;
+        // SAFETY: the program's own context, valid for the whole run.
+        unsafe {
+            Frame {
+                start: (*md).data as usize,
+                end: (*md).data_end as usize,
+                ctx: self.ctx,
+            }
+        }
+    }
+
     /// `N` bytes at `off`, if the frame has them.
     #[inline(always)]
     pub fn get<const N: usize>(&self, off: usize) -> Option<Hdr<N>> {

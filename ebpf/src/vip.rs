@@ -5,8 +5,8 @@
 //! [`crate::verdict`].
 
 use xnlb_common::{
-    counter, ctrl, ethertype, family, flow_hash, forward_target, frag, mac_mode, match_rule,
-    member_mac, mode, slot_state, FlowWords, FragKey, PacketKind, Table, Vip, MAX_HOPS, MAX_SLOTS,
+    counter, ctrl, ethertype, family, flow_hash, forward_target, frag, mac_mode, match_rule, mode,
+    route_kind, slot_state, FlowWords, FragKey, PacketKind, Table, Vip, MAX_HOPS, MAX_SLOTS,
     MAX_VIPS,
 };
 
@@ -262,17 +262,21 @@ impl VipPacket {
         }) else {
             return unroutable();
         };
-        let (Some(entry), Some(ours), Some(eth), Some(ty)) = (
-            XNLB_MEMBERS.get(target as u32),
+        let Some(route) = XNLB_MEMBERS.get(target as u32) else {
+            return unroutable();
+        };
+        if route.kind == route_kind::IPIP {
+            return crate::tunnel::encapsulate(f, self.l3, self.family, route, hop as u16 + 1, stats);
+        }
+        let (true, Some(ours), Some(eth), Some(ty)) = (
+            route.kind == route_kind::L2,
             XNLB_CTRL.get(ctrl::IFMAC),
             f.get::<12>(0),
             f.get::<2>(self.l3 - 2),
         ) else {
             return unroutable();
         };
-        let Some(dst) = member_mac::unpack(*entry) else {
-            return unroutable();
-        };
+        let dst = route.mac;
         // Never straight back to where it came from (two nodes whose
         // epochs disagree would bounce it until the hop limit).
         if eth.read_mac(6) == dst {

@@ -247,3 +247,134 @@ fn the_forwarding_ethertype_is_rewritten_behind_vlan_tags() {
     assert_eq!(out.frame[12..16], pkt[12..16], "the tag stays");
     assert_eq!(out.frame[16..18], ethertype::FORWARDED.to_be_bytes());
 }
+
+/// Member 2 behind a gateway (another subnet): IPIP from 198.18.1.1 to
+/// 198.18.2.2 through the gateway's MAC.
+const GW_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0xfe];
+const TUNNEL_SRC: [u8; 4] = [198, 18, 1, 1];
+const TUNNEL_DST: [u8; 4] = [198, 18, 2, 2];
+
+fn tunnel_to_owner(fx: &mut Fixture) {
+    fx.dp
+        .set_member_route(
+            OWNER,
+            xnlb_common::MemberRoute {
+                mac: GW_MAC,
+                kind: xnlb_common::route_kind::IPIP,
+                _pad: 0,
+                tunnel_dst: u32::from_le_bytes(TUNNEL_DST),
+                tunnel_src: u32::from_le_bytes(TUNNEL_SRC),
+            },
+        )
+        .expect("member route");
+}
+
+/// The one's-complement sum of an IPv4 header is 0xffff when its checksum
+/// is right.
+fn header_checksum_ok(h: &[u8]) -> bool {
+    let mut sum: u32 = h
+        .chunks(2)
+        .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+#[test]
+fn a_member_on_another_subnet_gets_the_packet_in_an_ipip_tunnel() {
+    let t = routed_table();
+    let mut fx = fixture(&t);
+    tunnel_to_owner(&mut fx);
+    for (vip, client, proto) in [
+        (IpAddr::from(VIP4), client4(7), ipproto::IPIP),
+        (IpAddr::from(VIP6), client6(7), ipproto::IPV6_IN_IPV4),
+    ] {
+        let foreign = port_in(&t, vip, client, ipproto::TCP, 80, slot_state::NOT_OWNED);
+        let pkt = from_router(vip, client, &tcp(foreign, 80, SYN));
+        let out = fx.run(&pkt);
+        assert_eq!(out.action, TX, "{vip}: sent on");
+        assert_eq!(out.frame.len(), pkt.len() + 20, "{vip}: one outer header");
+        assert_eq!(out.frame[..6], GW_MAC, "{vip}: to the gateway");
+        assert_eq!(out.frame[6..12], IF_MAC);
+        assert_eq!(out.frame[12..14], ethertype::IPV4.to_be_bytes());
+        let outer = &out.frame[14..34];
+        assert_eq!(outer[0], 0x45);
+        assert_eq!(
+            u16::from_be_bytes([outer[2], outer[3]]) as usize,
+            pkt.len() - 14 + 20,
+            "{vip}: outer total length"
+        );
+        assert_eq!(
+            u16::from_be_bytes([outer[4], outer[5]]),
+            xnlb_common::tunnel::ID_BASE + 1,
+            "{vip}: marked forwarded once"
+        );
+        assert_eq!(outer[9], proto);
+        assert_eq!(
+            (&outer[12..16], &outer[16..20]),
+            (&TUNNEL_SRC[..], &TUNNEL_DST[..])
+        );
+        assert!(header_checksum_ok(outer), "{vip}: outer checksum");
+        assert_eq!(
+            out.frame[34..],
+            pkt[14..],
+            "{vip}: the packet inside untouched"
+        );
+    }
+}
+
+#[test]
+fn a_tunnel_packet_from_a_member_is_taken_apart_and_judged_like_any_other() {
+    let t = routed_table();
+    let mut fx = fixture(&t);
+    fx.dp
+        .set_tunnel_local(Some(Ipv4Addr::from(TUNNEL_DST)))
+        .expect("tunnel address");
+    // What a member sends: the tunnel packet of a packet for a bucket
+    // this node owns (made by the program itself, towards us).
+    let vip = IpAddr::from(VIP4);
+    let client = client4(8);
+    let owned = port_in(&t, vip, client, ipproto::TCP, 80, slot_state::OWNED);
+    let inner = from_router(vip, client, &tcp(owned, 80, SYN));
+    let wrap = |id: u16, dst: [u8; 4]| {
+        let mut outer = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, ipproto::IPIP, 0, 0];
+        let total = (inner.len() - 14 + 20) as u16;
+        outer[2..4].copy_from_slice(&total.to_be_bytes());
+        outer[4..6].copy_from_slice(&id.to_be_bytes());
+        outer.extend_from_slice(&TUNNEL_SRC);
+        outer.extend_from_slice(&dst);
+        let mut f = Vec::new();
+        f.extend_from_slice(&IF_MAC);
+        f.extend_from_slice(&GW_MAC);
+        f.extend_from_slice(&ethertype::IPV4.to_be_bytes());
+        f.extend_from_slice(&outer);
+        f.extend_from_slice(&inner[14..]);
+        f
+    };
+    let before = fx.counters();
+    let out = fx.run(&wrap(xnlb_common::tunnel::ID_BASE + 1, TUNNEL_DST));
+    assert_eq!(out.action, PASS, "the owner takes it");
+    assert_eq!(out.frame.len(), inner.len(), "the outer header is gone");
+    assert_eq!(out.frame[..12], [IF_MAC, GW_MAC].concat()[..]);
+    assert_eq!(out.frame[12..14], ethertype::IPV4.to_be_bytes());
+    assert_eq!(out.frame[14..], inner[14..]);
+    assert_eq!(delta(&before, &fx.counters(), counter::PASSED), 1);
+    // Twice forwarded already, for a bucket of another node: dropped there.
+    let foreign = port_in(&t, vip, client, ipproto::TCP, 80, slot_state::NOT_OWNED);
+    let inner2 = from_router(vip, client, &tcp(foreign, 80, SYN));
+    let mut twice = wrap(xnlb_common::tunnel::ID_BASE + 2, TUNNEL_DST);
+    let cut = twice.len() - (inner.len() - 14);
+    twice.truncate(cut);
+    twice.extend_from_slice(&inner2[14..]);
+    assert_eq!(fx.run(&twice).action, DROP);
+    // Not xnlb's marks, or not our tunnel address: the stack's business.
+    for pkt in [
+        wrap(7, TUNNEL_DST),
+        wrap(xnlb_common::tunnel::ID_BASE + 1, [198, 18, 2, 9]),
+    ] {
+        let out = fx.run(&pkt);
+        assert_eq!((out.action, &out.frame), (PASS, &pkt));
+    }
+}

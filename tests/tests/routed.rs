@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use xnlb::announce::ROUTED_TABLE;
 use xnlb_tests::cluster::checks::CONVERGE;
 use xnlb_tests::cluster::{
-    connect_between, echo_round, read_node_id, Cluster, ClusterSpec, Conn, TCP_PORT, VIP, VIP6,
+    connect_between, echo_round, read_node_id, Cluster, ClusterSpec, Conn, REMOTE_NET, TCP_PORT,
+    VIP, VIP6,
 };
 use xnlb_tests::netns::{unique, veth, Netns};
 
@@ -88,6 +89,7 @@ fn router_next_hops(router: &Netns, vip: IpAddr) -> BTreeSet<u8> {
         .filter_map(|w| {
             let id = w[1]
                 .strip_prefix("198.18.1.")
+                .or_else(|| w[1].strip_prefix("198.18.2."))
                 .or_else(|| w[1].strip_prefix("fd00:1::"))?;
             id.parse().ok()
         })
@@ -432,10 +434,18 @@ impl RoutedCluster {
     /// bridge, keeps the members' MACs there in each node's neighbour
     /// table (where routed mode learns them).
     fn start() -> RoutedCluster {
+        RoutedCluster::start_with(false)
+    }
+
+    /// With `remote`, node 4 is on another subnet ([`REMOTE_NET`], behind
+    /// the router) and started with the others: the nodes reach it, and it
+    /// them, through routed mode's tunnel.
+    fn start_with(remote: bool) -> RoutedCluster {
         let spec = &ClusterSpec {
             vip_mode: "routed",
             links: 2,
-            deferred: vec![4],
+            deferred: if remote { vec![] } else { vec![4] },
+            remote: if remote { vec![4] } else { vec![] },
             ..ClusterSpec::actives(4)
         };
         let c = Cluster::start(spec);
@@ -449,27 +459,42 @@ impl RoutedCluster {
         veth(&outside, "eth0", &router, "eth1");
         router.sh("ip addr add 198.19.200.1/24 dev eth1");
         outside.sh("ip addr add 198.19.200.2/24 dev eth0 && ip route add default via 198.19.200.1");
+        if remote {
+            c.plug_into_remote(&router, "eth2", &format!("{REMOTE_NET}.254"));
+        }
         for n in &spec.nodes {
-            c.ns(n.id)
-                .sh("ip route add 198.19.200.0/24 via 198.18.1.254");
+            if spec.remote.contains(&n.id) {
+                c.ns(n.id)
+                    .sh(&format!("ip route add default via {REMOTE_NET}.254"));
+            } else {
+                c.ns(n.id).sh(&format!(
+                    "ip route add 198.19.200.0/24 via {ROUTER} && ip route add {REMOTE_NET}.0/24 via {ROUTER}"
+                ));
+            }
         }
         let dir = PathBuf::from(format!("/tmp/{}", unique("xnlb-bird-")));
         std::fs::create_dir_all(&dir).expect("bird dir");
-        let router_conf = format!(
-            "{ROUTER_CONF}\nprotocol bgp node4 from xnlb_node {{ neighbor 198.18.1.4 as 65004; }}\n"
-        );
+        let node4 = if remote {
+            format!("local {REMOTE_NET}.254 as 65000; neighbor {REMOTE_NET}.4 as 65004;")
+        } else {
+            "neighbor 198.18.1.4 as 65004;".to_string()
+        };
+        let router_conf =
+            format!("{ROUTER_CONF}\nprotocol bgp node4 from xnlb_node {{ {node4} }}\n");
         let mut birds = vec![Bird::start(&router, &dir, "router", &router_conf)];
         for n in &spec.nodes {
             let id = n.id;
-            birds.push(Bird::start(
-                c.ns(id),
-                &dir,
-                &format!("node{id}"),
-                &node_conf(id),
-            ));
+            let mut conf = node_conf(id);
+            if spec.remote.contains(&id) {
+                conf = conf
+                    .replace(&format!("198.18.1.{id}"), &format!("{REMOTE_NET}.{id}"))
+                    .replace(ROUTER, &format!("{REMOTE_NET}.254"));
+            }
+            birds.push(Bird::start(c.ns(id), &dir, &format!("node{id}"), &conf));
         }
-        c.wait_converged(&[1, 2, 3], CONVERGE);
-        expect_next_hops(&router, &birds, VIP.into(), &[1, 2, 3], BGP_UP, "start");
+        let live: &[u8] = if remote { &[1, 2, 3, 4] } else { &[1, 2, 3] };
+        c.wait_converged(live, CONVERGE);
+        expect_next_hops(&router, &birds, VIP.into(), live, BGP_UP, "start");
         RoutedCluster {
             c,
             router,
@@ -731,6 +756,80 @@ fn http_through_the_router_survives_a_join_and_a_drain() {
     );
     assert!(conns.len() > 1_000, "no load");
     drop(nginx);
+    drop(birds);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A member on another subnet (node 4, behind the router): the nodes on
+/// the segment reach it, and it them, through routed mode's IPIP tunnel.
+/// 1,000 connections, spread by the router over all four, are each
+/// answered by their owner; long-lived ones survive node 4's SIGKILL (its
+/// kernel keeps delivering what it holds, tunnelled to it).
+#[test]
+fn a_member_on_another_subnet_is_reached_through_the_tunnel() {
+    let RoutedCluster {
+        mut c,
+        router,
+        outside,
+        birds,
+        dir,
+    } = RoutedCluster::start_with(true);
+    for id in 1..=3 {
+        assert!(
+            c.log(id)
+                .contains("member 4 is on another subnet: IPIP to 198.18.2.4"),
+            "node {id} did not learn the tunnel to node 4:\n{}",
+            c.log_tail(id, 30)
+        );
+    }
+    let (wrong, _, first) = answered_by_owner(&c, &outside, 1, 19_900..19_950);
+    assert_eq!(wrong, 0, "{first:?}");
+    let all = [1, 2, 3, 4];
+    let (unroutable, forwarded4) = (
+        sum_counter(&c, &all, "dropped_unroutable"),
+        sum_counter(&c, &[4], "forwarded"),
+    );
+    let t0 = Instant::now();
+    let (wrong, silent, first) = answered_by_owner(&c, &outside, 1, 20_000..21_000);
+    let tunnelled = sum_counter(&c, &[4], "forwarded") - forwarded4;
+    eprintln!(
+        "1,000 connections over 4 nodes, one on another subnet, in {:?}: {wrong} answered by another node than the owner, {silent} unanswered; node 4 tunnelled {tunnelled} packets",
+        t0.elapsed()
+    );
+    assert_eq!((wrong, silent), (0, 0), "{first:?}");
+    assert!(tunnelled > 0, "node 4 tunnelled nothing");
+    assert_eq!(sum_counter(&c, &all, "dropped_unroutable") - unroutable, 0);
+
+    let mut conns = open_outside(&outside, 30_000..30_040);
+    assert!(echo_round(&mut conns).is_empty());
+    let on4 = conns.iter().filter(|k| k.node == 4).count();
+    c.kill(4);
+    expect_withdrawal(
+        &c,
+        &router,
+        &birds,
+        4,
+        &[1, 2, 3],
+        "SIGKILL of node 4's agent",
+    );
+    wait_serving(&c, &[1, 2, 3], "survivors");
+    // Until its buckets have moved (failover), `xnlb owner` still names it.
+    let moved = xnlb_tests::cluster::wait_until(CONVERGE, || {
+        c.status(1)
+            .is_some_and(|s| s.members.iter().any(|m| m.id == 4 && m.buckets == 0))
+    });
+    assert!(moved, "node 4's buckets did not move");
+    let broken = echo_round(&mut conns);
+    let (wrong, silent, first) = answered_by_owner(&c, &outside, 1, 22_000..22_200);
+    eprintln!(
+        "node 4 killed: {} of {} long-lived connections broken ({on4} were on node 4); 200 new ones: {wrong} by another node than the owner, {silent} unanswered",
+        broken.len(),
+        conns.len()
+    );
+    assert!(broken.is_empty(), "{broken:?}");
+    assert_eq!((wrong, silent), (0, 0), "{first:?}");
+    c.assert_no_overlap("node 4 killed");
+    drop(conns);
     drop(birds);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -50,4 +50,8 @@ pub enum DataplaneError {
     /// A table is invalid.
     #[error("invalid table: {0}")]
     BadTable(&'static str),
+    /// The filter's descriptor could not be duplicated for its own
+    /// tail-call map (out of descriptors).
+    #[error("duplicating the filter's descriptor: {0}")]
+    Descriptor(std::io::Error),
 }

@@ -1,12 +1,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, MapData, PerCpuArray};
+use aya::maps::{Array, MapData, PerCpuArray, ProgramArray};
 use aya::programs::Xdp;
 use aya::{Ebpf, EbpfLoader};
 use xnlb_common::{
-    ctrl, map_name, member_mac, Counters, Table, LAYOUT_VERSION, MAX_BUCKETS, MAX_VIPS,
-    PROG_FILTER, PROG_PROBE,
+    ctrl, map_name, route_kind, Counters, MemberRoute, Table, LAYOUT_VERSION, MAX_BUCKETS,
+    MAX_VIPS, PROG_FILTER, PROG_PROBE,
 };
 
 use super::DataplaneError;
@@ -55,6 +55,33 @@ impl Dataplane {
                 .map_err(|source| DataplaneError::Program { name, source })?;
             prog.load()
                 .map_err(|source| DataplaneError::Program { name, source })?;
+        }
+        // A member's tunnel packet, once stripped, is judged again by a
+        // tail call into the filter itself.
+        let filter = {
+            let prog: &Xdp = ebpf
+                .program(PROG_FILTER)
+                .ok_or(DataplaneError::BadTable("program missing from object"))?
+                .try_into()
+                .map_err(|source| DataplaneError::Program {
+                    name: PROG_FILTER,
+                    source,
+                })?;
+            prog.fd()
+                .map_err(|source| DataplaneError::Program {
+                    name: PROG_FILTER,
+                    source,
+                })?
+                .try_clone()
+                .map_err(DataplaneError::Descriptor)?
+        };
+        {
+            let map = ebpf
+                .map_mut(map_name::JUMP)
+                .ok_or(DataplaneError::MissingMap(map_name::JUMP))?;
+            let mut jump: ProgramArray<&mut MapData> =
+                ProgramArray::try_from(map).map_err(map_err(map_name::JUMP))?;
+            jump.set(0, &filter, 0).map_err(map_err(map_name::JUMP))?;
         }
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
@@ -202,15 +229,38 @@ impl Dataplane {
         self.ctrl_set(ctrl::IFMAC, u64::from_le_bytes(w))
     }
 
-    /// Routed mode: member `id`'s MAC on the data segment (`None`:
-    /// unknown, forwarding to it drops).
-    pub fn set_member_mac(&mut self, id: u8, mac: Option<[u8; 6]>) -> Result<(), DataplaneError> {
+    /// Routed mode: how member `id` is reached (the default, kind
+    /// `UNKNOWN`: forwarding to it drops).
+    pub fn set_member_route(&mut self, id: u8, route: MemberRoute) -> Result<(), DataplaneError> {
         let map = self.map_mut(map_name::MEMBERS)?;
-        let mut members: Array<&mut MapData, u64> =
+        let mut members: Array<&mut MapData, MemberRoute> =
             Array::try_from(map).map_err(map_err(map_name::MEMBERS))?;
         members
-            .set(id as u32, mac.map_or(0, member_mac::pack), 0)
+            .set(id as u32, route, 0)
             .map_err(map_err(map_name::MEMBERS))
+    }
+
+    /// Routed mode: member `id` is on the data segment at `mac` (`None`:
+    /// unknown).
+    pub fn set_member_mac(&mut self, id: u8, mac: Option<[u8; 6]>) -> Result<(), DataplaneError> {
+        self.set_member_route(
+            id,
+            mac.map_or_else(MemberRoute::default, |mac| MemberRoute {
+                mac,
+                kind: route_kind::L2,
+                ..MemberRoute::default()
+            }),
+        )
+    }
+
+    /// Routed mode: the IPv4 address members send their tunnel packets to
+    /// (`None`: take none apart).
+    pub fn set_tunnel_local(
+        &mut self,
+        addr: Option<std::net::Ipv4Addr>,
+    ) -> Result<(), DataplaneError> {
+        let word = addr.map_or(0, |a| u32::from_le_bytes(a.octets()));
+        self.ctrl_set(ctrl::TUNNEL_LOCAL, word as u64)
     }
 
     /// Counters summed over CPUs.

@@ -19,6 +19,8 @@ use crate::config::{Config, MacMode, VipMode};
 mod ifreq;
 mod rtnl;
 
+pub use rtnl::RouteTo;
+
 /// Why host setup failed: every variant names the interface and what
 /// was being done to it.
 #[derive(Debug, thiserror::Error)]
@@ -230,6 +232,19 @@ pub fn addresses_on(interface: &str) -> Result<Vec<IpAddr>, HostError> {
 /// where routed mode learns the members' MACs.
 pub fn neighbours_on(interface: &str) -> Result<Vec<(IpAddr, [u8; 6])>, HostError> {
     rtnl::neighbours(index_of(interface)?).map_err(netlink(interface, "listing neighbours".into()))
+}
+
+/// The route to `dst` (`ip route get`), if any.
+pub fn route_to(dst: std::net::Ipv4Addr) -> Result<Option<RouteTo>, HostError> {
+    rtnl::route_to(dst).map_err(netlink(
+        "(routing table)",
+        format!("looking up the route to {dst}"),
+    ))
+}
+
+/// The index of `interface`, or the error naming it.
+pub fn interface_index(interface: &str) -> Result<u32, HostError> {
+    index_of(interface)
 }
 
 /// Whether `interface` is up and in promiscuous mode: `(up, promisc)`.

@@ -157,3 +157,56 @@ pub fn neighbours(index: u32) -> io::Result<Vec<(IpAddr, [u8; 6])>> {
         })
         .collect())
 }
+
+/// Where the kernel would send a packet to `dst` (`ip route get`): the
+/// outgoing interface, the gateway if not on-link, and the source address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteTo {
+    /// Outgoing interface index.
+    pub oif: u32,
+    /// The next hop, when `dst` is not on the link.
+    pub gateway: Option<IpAddr>,
+    /// The source address the kernel would pick.
+    pub source: Option<IpAddr>,
+}
+
+/// The route to IPv4 `dst`, if there is one.
+pub fn route_to(dst: std::net::Ipv4Addr) -> io::Result<Option<RouteTo>> {
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+    let mut m = RouteMessage::default();
+    m.header.address_family = AddressFamily::Inet;
+    m.header.destination_prefix_length = 32;
+    m.attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+    // A get answers with one message and no NLMSG_DONE: ask for the ack.
+    let answers = match exchange(RouteNetlinkMessage::GetRoute(m), NLM_F_ACK) {
+        Ok(a) => a,
+        // No route (unreachable, prohibited): not an error of ours.
+        Err(e) if e.raw_os_error().is_some() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let ip = |a: &RouteAddress| match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    };
+    Ok(answers.into_iter().find_map(|m| match m {
+        RouteNetlinkMessage::NewRoute(r) => {
+            let mut to = RouteTo {
+                oif: 0,
+                gateway: None,
+                source: None,
+            };
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => to.oif = *i,
+                    RouteAttribute::Gateway(g) => to.gateway = ip(g),
+                    RouteAttribute::PrefSource(s) => to.source = ip(s),
+                    _ => {}
+                }
+            }
+            Some(to)
+        }
+        _ => None,
+    }))
+}

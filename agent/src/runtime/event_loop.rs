@@ -228,7 +228,7 @@ pub(super) async fn protocol_loop(
             }
             _ = flows.tick() => {
                 sh.report_flows();
-                sh.learn_member_macs();
+                sh.learn_member_routes();
                 if let Some(dp) = &mut sh.dp {
                     dp.flush_logs();
                 }

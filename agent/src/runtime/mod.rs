@@ -314,7 +314,8 @@ fn protocol_thread(
             fatal: None,
             notify,
             announcer,
-            member_macs: Default::default(),
+            member_routes: Default::default(),
+            tunnel_local: None,
         };
         let mut sh = event_loop::protocol_loop(sh, commands, signals, written_rx).await;
         sh.teardown();

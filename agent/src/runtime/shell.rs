@@ -87,8 +87,11 @@ pub(super) struct Shell {
     pub notify: fn(super::ServiceState),
     /// Routed mode's BGP announcement (none without routed VIPs).
     pub announcer: Option<Announcer<TunRoutes>>,
-    /// Routed mode: the members' MACs last written to the data plane.
-    pub member_macs: std::collections::BTreeMap<u8, [u8; 6]>,
+    /// Routed mode: how each member is reached, as last written to the
+    /// data plane.
+    pub member_routes: std::collections::BTreeMap<u8, xnlb_common::MemberRoute>,
+    /// Routed mode: the tunnel address last written to the data plane.
+    pub tunnel_local: Option<std::net::Ipv4Addr>,
 }
 
 impl Shell {
@@ -299,49 +302,72 @@ impl Shell {
         }
     }
 
-    /// Routed mode: learns the other members' MACs on the data interface
-    /// from its neighbour table and writes what changed to the data plane
-    /// (forwarding to a member whose MAC is unknown drops).
-    pub fn learn_member_macs(&mut self) {
+    /// Routed mode: learns how each other member is reached from the data
+    /// interface (its MAC there, or a tunnel through a gateway) and this
+    /// node's tunnel address, and writes what changed to the data plane
+    /// (forwarding to a member it cannot reach drops).
+    pub fn learn_member_routes(&mut self) {
         let (Some(dp), Some(interface)) = (&mut self.dp, &self.cfg.interface) else {
             return;
         };
         if !crate::forwarding::routed(&self.cfg) {
             return;
         }
-        let neighbours = match crate::host::neighbours_on(interface) {
-            Ok(n) => n,
+        let learnt = (|| -> Result<_, crate::host::HostError> {
+            let index = crate::host::interface_index(interface)?;
+            let neighbours = crate::host::neighbours_on(interface)?;
+            let routes = crate::forwarding::member_routes(&self.cfg, index, &neighbours, |dst| {
+                crate::host::route_to(dst).ok().flatten()
+            });
+            let local =
+                crate::forwarding::tunnel_local(&self.cfg, &crate::host::addresses_on(interface)?);
+            Ok((routes, local))
+        })();
+        let (routes, local) = match learnt {
+            Ok(l) => l,
             Err(e) => {
                 warn!("routed mode: {e}");
                 return;
             }
         };
-        let learnt = crate::forwarding::member_macs(&self.cfg, &neighbours);
+        if local != self.tunnel_local {
+            match dp.set_tunnel_local(local) {
+                Ok(()) => {
+                    info!("routed mode: members on other subnets tunnel to {local:?}");
+                    self.tunnel_local = local;
+                }
+                Err(e) => error!("routed mode: setting the tunnel address: {e}"),
+            }
+        }
         for m in self.cfg.members.iter().filter(|m| m.id != self.cfg.node_id) {
-            let (old, new) = (self.member_macs.get(&m.id), learnt.get(&m.id));
+            let (old, new) = (self.member_routes.get(&m.id), routes.get(&m.id));
             if old == new {
                 continue;
             }
-            match dp.set_member_mac(m.id, new.copied()) {
-                Ok(()) => match new {
-                    Some(mac) => info!(
-                        "routed mode: member {} is at {} on {interface}",
-                        m.id,
-                        crate::host::mac_text(*mac)
-                    ),
-                    None => warn!(
-                        "routed mode: member {} has no resolved address on {interface}; packets this node forwards to it drop",
-                        m.id
-                    ),
-                },
-                Err(e) => {
-                    error!("routed mode: writing member {}'s MAC: {e}", m.id);
-                    continue;
-                }
+            if let Err(e) = dp.set_member_route(m.id, new.copied().unwrap_or_default()) {
+                error!("routed mode: writing how member {} is reached: {e}", m.id);
+                continue;
             }
             match new {
-                Some(mac) => self.member_macs.insert(m.id, *mac),
-                None => self.member_macs.remove(&m.id),
+                Some(r) if r.kind == xnlb_common::route_kind::L2 => info!(
+                    "routed mode: member {} is at {} on {interface}",
+                    m.id,
+                    crate::host::mac_text(r.mac)
+                ),
+                Some(r) => info!(
+                    "routed mode: member {} is on another subnet: IPIP to {} via {} on {interface}",
+                    m.id,
+                    std::net::Ipv4Addr::from(r.tunnel_dst.to_le_bytes()),
+                    crate::host::mac_text(r.mac)
+                ),
+                None => warn!(
+                    "routed mode: member {} is not reachable from {interface} (no resolved address on its segment, no route through it); packets this node forwards to it drop",
+                    m.id
+                ),
+            }
+            match new {
+                Some(r) => self.member_routes.insert(m.id, *r),
+                None => self.member_routes.remove(&m.id),
             };
         }
     }

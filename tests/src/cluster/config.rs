@@ -15,7 +15,12 @@ pub(super) fn config_text(
     let addrs = |id: u8| {
         let mut a = vec![format!("\"198.19.1.{id}:7450\"")];
         if spec.links > 1 {
-            a.push(format!("\"198.18.1.{id}:7450\""));
+            let net = if spec.remote.contains(&id) {
+                super::REMOTE_NET
+            } else {
+                "198.18.1"
+            };
+            a.push(format!("\"{net}.{id}:7450\""));
         }
         a.join(", ")
     };

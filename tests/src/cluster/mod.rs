@@ -111,7 +111,15 @@ pub struct ClusterSpec {
     pub metrics: bool,
     /// Every VIP's `mode`: `"flood"` or `"routed"`.
     pub vip_mode: &'static str,
+    /// Members whose `eth0` is not on the data bridge but on a second one,
+    /// [`REMOTE_NET`] (their second heartbeat address is there too): only a
+    /// router the test plugs into both ([`Cluster::plug_into_remote`])
+    /// connects them. Routed mode reaches them through its tunnel.
+    pub remote: Vec<u8>,
 }
+
+/// The subnet of [`ClusterSpec::remote`] members (`198.18.2.ID`).
+pub const REMOTE_NET: &str = "198.18.2";
 
 impl ClusterSpec {
     /// `n` active members of weight 100, one heartbeat link.
@@ -132,6 +140,7 @@ impl ClusterSpec {
             health_tcp_port: None,
             metrics: false,
             vip_mode: "flood",
+            remote: Vec::new(),
         }
     }
 }
@@ -151,6 +160,8 @@ pub struct Cluster {
     /// The client namespace.
     pub client: Netns,
     data: Netns,
+    /// The second data bridge of [`ClusterSpec::remote`] members.
+    remote: Netns,
     hb: Netns,
     spec: ClusterSpec,
     key: PathBuf,
@@ -208,6 +219,7 @@ impl Cluster {
             .expect("chmod");
 
         let data = bridge("d");
+        let remote = bridge("e");
         let hb = bridge("h");
         let client = Netns::new("c");
         plug(&data, &client, "eth0", &CLIENT.to_string());
@@ -224,7 +236,11 @@ impl Cluster {
         let mut nodes = Vec::new();
         for n in &spec.nodes {
             let ns = Netns::new(&format!("n{}", n.id));
-            plug(&data, &ns, "eth0", &format!("198.18.1.{}", n.id));
+            if spec.remote.contains(&n.id) {
+                plug(&remote, &ns, "eth0", &format!("{REMOTE_NET}.{}", n.id));
+            } else {
+                plug(&data, &ns, "eth0", &format!("198.18.1.{}", n.id));
+            }
             plug(&hb, &ns, "eth1", &format!("198.19.1.{}", n.id));
             // Servers bind the VIP before the agent puts it on lo.
             ns.sh("sysctl -qw net.ipv4.ip_nonlocal_bind=1");
@@ -267,6 +283,7 @@ impl Cluster {
             nodes,
             client,
             data,
+            remote,
             hb,
             spec: spec.clone(),
             key,
@@ -293,6 +310,12 @@ impl Cluster {
     /// into the data bridge with address `addr`/24.
     pub fn plug_into_data(&self, ns: &Netns, dev: &str, addr: &str) {
         plug(&self.data, ns, dev, addr);
+    }
+
+    /// Plugs a new interface `dev` of `ns`, with address `addr`/24, into
+    /// the second data bridge ([`ClusterSpec::remote`]).
+    pub fn plug_into_remote(&self, ns: &Netns, dev: &str, addr: &str) {
+        plug(&self.remote, ns, dev, addr);
     }
 
     /// The heartbeat bridge's namespace (heartbeat link 0).
