@@ -8,8 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 use xnlb_common::{
-    affinity, counter, holding_verdict, ipproto, mode, proto_mask, rule_index, slot_state,
-    slot_verdict, PacketKind, SlotVerdict, Table, MAX_BUCKETS,
+    affinity, counter, forward_target, holding_verdict, ipproto, mac_mode, mode, proto_mask,
+    rule_index, slot_state, slot_verdict, PacketKind, SlotVerdict, Table, MAX_BUCKETS,
 };
 
 use crate::flow::{classify, FlowSpec};
@@ -266,9 +266,30 @@ pub fn explain(table: &Table, flow: &FlowSpec, lease: Lease) -> Option<Explanati
         ],
         p => &[(PacketKind::Connectionless, proto_name(p))],
     };
+    // A routed VIP's packet this node does not accept goes on, where the
+    // program sends it (a packet from the router: not yet forwarded).
+    let routed = vip.mac_mode == mac_mode::ROUTED && c.rule.mode != mode::DISABLED;
+    let target = |kind| {
+        let at = |a: &[u8]| a.get(c.slot).copied().unwrap_or(xnlb_common::NO_MEMBER);
+        forward_target(
+            table.me,
+            at(&table.owner),
+            at(&table.holder),
+            table.fallback,
+            kind,
+            || lease == Lease::Valid,
+        )
+    };
     let verdicts = kinds
         .iter()
-        .map(|&(kind, packet)| packet_verdict(c.rule.mode, state, here, kind, packet))
+        .map(|&(kind, packet)| {
+            let v = packet_verdict(c.rule.mode, state, here, kind, packet);
+            if routed {
+                forwarded(v, target(kind))
+            } else {
+                v
+            }
+        })
         .collect();
     let hash_hex = format!("{:016x}", c.hash);
     Some(Explanation {
@@ -365,6 +386,35 @@ fn packet_verdict(
     }
 }
 
+/// A routed VIP's verdict: what this node would drop goes on to `target`
+/// (or is dropped as unroutable when there is none).
+fn forwarded(mut v: PacketVerdict, target: Option<u8>) -> PacketVerdict {
+    use counter::*;
+    let (to, counters) = match target {
+        Some(n) => (
+            format!("forwarded to node {n} (routed VIP)"),
+            names(&[VIP_PACKETS, FORWARDED]),
+        ),
+        None => (
+            "nowhere to forward it (routed VIP): dropped".to_string(),
+            names(&[VIP_PACKETS, DROPPED_UNROUTABLE]),
+        ),
+    };
+    match v.verdict.as_str() {
+        "drop" => {
+            v.verdict = if target.is_some() { "forward" } else { "drop" }.into();
+            v.reason = format!("{}; {to}", v.reason);
+            v.counters = counters;
+        }
+        "accept-if-held" => {
+            v.reason = format!("{}; if not held, {to}", v.reason);
+            v.counters_if_not_held = counters;
+        }
+        _ => {}
+    }
+    v
+}
+
 /// The text `xnlb explain` prints.
 pub fn render(e: &Explanation, node_id: u8) -> String {
     let owner = match e.owner {
@@ -450,5 +500,31 @@ mod tests {
             parse_flow(&t, "udp", "198.18.1.5:4000", Some("198.18.0.100:53")).expect("flow");
         let e = explain(&t, &other, Lease::Expired).expect("a VIP");
         assert_eq!((e.rule, e.here), (None, SlotHold::Fenced), "{e:?}");
+    }
+
+    #[test]
+    fn a_routed_vip_says_where_a_packet_it_does_not_take_goes() {
+        let mut t = table_of(&["198.18.0.100"]);
+        t.vips[0].mac_mode = mac_mode::ROUTED;
+        t.me = 1;
+        t.fallback = 3;
+        t.owner.iter_mut().for_each(|o| *o = 2);
+        let f = parse_flow(&t, "udp", "198.18.1.5:4000", Some("198.18.0.100:53")).expect("flow");
+        let e = explain(&t, &f, Lease::Valid).expect("a VIP");
+        assert_eq!(e.verdicts[0].verdict, "forward", "{e:?}");
+        assert!(e.verdicts[0].reason.contains("node 2"), "{e:?}");
+        assert_eq!(e.verdicts[0].counters, ["vip_packets", "forwarded"]);
+        // Ours, but past the lease: to the fallback.
+        t.owner.iter_mut().for_each(|o| *o = 1);
+        t.state.iter_mut().for_each(|s| *s = slot_state::OWNED);
+        let e = explain(&t, &f, Lease::Expired).expect("a VIP");
+        assert!(e.verdicts[0].reason.contains("node 3"), "{e:?}");
+        // Nobody owns it.
+        t.owner.iter_mut().for_each(|o| *o = 0);
+        let e = explain(&t, &f, Lease::Expired).expect("a VIP");
+        assert_eq!(
+            e.verdicts[0].counters,
+            ["vip_packets", "dropped_unroutable"]
+        );
     }
 }

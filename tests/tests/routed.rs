@@ -623,6 +623,30 @@ fn every_connection_is_answered_by_its_owner_whatever_next_hop_the_router_picked
         "node 3 healed",
     );
 
+    // A frozen agent: its BIRD keeps announcing it, so the router still
+    // sends it a share of the flows; past its lease its program forwards
+    // them (its own stale buckets to a live member, which knows the new
+    // owner) and keeps delivering the connections its kernel holds.
+    c.freeze(3);
+    let moved = xnlb_tests::cluster::wait_until(CONVERGE, || {
+        c.status(1)
+            .is_some_and(|s| s.members.iter().any(|m| m.id == 3 && m.buckets == 0))
+    });
+    assert!(moved, "node 3's buckets did not move while it was frozen");
+    assert!(
+        router_next_hops(&router, VIP.into()).contains(&3),
+        "the frozen node's BIRD still announces it (the case this phase is about)"
+    );
+    check(
+        &c,
+        &mut conns,
+        "node 3's agent frozen, still announced",
+        1,
+        25_500,
+    );
+    c.thaw(3);
+    wait_serving(&c, &[1, 2, 3, 4], "4 nodes");
+
     // SIGKILL: node 2's agent is gone (its kernel and XDP program stay,
     // and deliver its connections, forwarded to it, while held).
     let owned_by_2: Vec<u16> = (26_000..26_200)

@@ -25,6 +25,7 @@ pub fn run(a: &AgentFacts, h: &HostFacts) -> Vec<Finding> {
     let mut out = vec![xdp(a)];
     out.extend(arp(a, h));
     out.extend(flooding(a));
+    out.extend(forwarding(a));
     out.extend(clock(h));
     out.push(nofile(a));
     out.push(bpffs(a, h));
@@ -146,7 +147,7 @@ fn flooding(a: &AgentFacts) -> Vec<Finding> {
         })
     };
     let mut out = Vec::new();
-    for v in &a.vips {
+    for v in a.vips.iter().filter(|v| !v.routed) {
         let mut missing = Vec::new();
         let mut arrived = Vec::new();
         for (&id, &ago) in &v.probes {
@@ -197,6 +198,25 @@ fn flooding(a: &AgentFacts) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// Routed mode: every serving member must be reachable for forwarding.
+fn forwarding(a: &AgentFacts) -> Vec<Finding> {
+    let interface = a.interface.as_deref().unwrap_or("the data interface");
+    a.forwarding
+        .iter()
+        .map(|(id, how)| match how {
+            Some(how) => Finding::ok(
+                "forwarding",
+                format!("member {id} is reached {how} (routed VIPs)"),
+            ),
+            None => Finding::problem(
+                "forwarding",
+                format!("member {id} is not reachable from {interface}: none of its addresses is resolved on the segment or routed through {interface}, so the packets this node forwards to it drop (routed VIPs)"),
+                format!("list member {id}'s address on {interface}'s segment (or one routed to it through {interface}) in its `addrs` on every node, and check that it is up"),
+            ),
+        })
+        .collect()
 }
 
 fn clock(h: &HostFacts) -> Vec<Finding> {
@@ -388,7 +408,9 @@ mod tests {
                 mac: "03:bf:c6:12:00:64".into(),
                 mac_mode: "multicast".into(),
                 probes: BTreeMap::from([(2, Some(400))]),
+                routed: false,
             }],
+            forwarding: BTreeMap::new(),
         };
         let mut sysctls = BTreeMap::new();
         for k in arp_keys("eth0") {
@@ -426,7 +448,7 @@ mod tests {
     #[test]
     fn each_fault_is_one_problem_of_its_check() {
         type Fault = fn(&mut AgentFacts, &mut HostFacts);
-        let faults: [(&str, Fault); 10] = [
+        let faults: [(&str, Fault); 11] = [
             ("xdp", |a, _| a.driver = Some("e1000".into())),
             ("arp", |_, h| {
                 h.sysctls
@@ -451,6 +473,9 @@ mod tests {
                 a.state_dir_error = Some("Read-only file system".into())
             }),
             ("key", |_, h| h.key_error = Some("mode 644".into())),
+            ("forwarding", |a, _| {
+                a.forwarding.insert(2, None);
+            }),
         ];
         for (check, fault) in faults {
             let (mut a, mut h) = healthy();
@@ -459,6 +484,16 @@ mod tests {
             assert_eq!(p.len(), 1, "{check}: {p:?}");
             assert!(p[0].starts_with(check), "{check}: {p:?}");
         }
+    }
+
+    #[test]
+    fn a_routed_vip_is_not_judged_by_flooding_but_by_forwarding() {
+        let (mut a, h) = healthy();
+        a.vips[0].routed = true;
+        a.vips[0].probes.insert(2, None);
+        a.forwarding
+            .insert(2, Some("on the segment at 02:00:00:00:00:02".into()));
+        assert!(problems(&a, &h).is_empty(), "{:?}", problems(&a, &h));
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct VipFacts {
     /// Per serving peer: milliseconds since its last probe to this MAC
     /// arrived here (`None`: never).
     pub probes: BTreeMap<u8, Option<u64>>,
+    /// A routed VIP (no flooding to check: forwarding instead).
+    #[serde(default)]
+    pub routed: bool,
 }
 
 /// What the agent knows about itself.
@@ -77,6 +80,10 @@ pub struct AgentFacts {
     pub members: Vec<MemberFacts>,
     /// Every VIP.
     pub vips: Vec<VipFacts>,
+    /// Routed mode: per serving peer, how this node forwards to it (`None`:
+    /// it cannot). Empty without routed VIPs.
+    #[serde(default)]
+    pub forwarding: BTreeMap<u8, Option<String>>,
 }
 
 /// What the host looks like from the node's network namespace.

@@ -94,8 +94,30 @@ impl Shell {
                         (id, ago)
                     })
                     .collect::<BTreeMap<_, _>>(),
+                routed: v.mode == crate::config::VipMode::Routed,
             })
             .collect();
+        let forwarding = if crate::forwarding::routed(cfg) {
+            serving
+                .iter()
+                .map(|&id| {
+                    let how = self.member_routes.get(&id).map(|r| {
+                        if r.kind == xnlb_common::route_kind::L2 {
+                            format!("on the segment at {}", mac_text(r.mac))
+                        } else {
+                            format!(
+                                "IPIP to {} via {}",
+                                std::net::Ipv4Addr::from(r.tunnel_dst.to_le_bytes()),
+                                mac_text(r.mac)
+                            )
+                        }
+                    });
+                    (id, how)
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
         AgentFacts {
             node_id: cfg.node_id,
             interface: cfg.interface.clone(),
@@ -125,6 +147,7 @@ impl Shell {
             }),
             members,
             vips,
+            forwarding,
         }
     }
 }
