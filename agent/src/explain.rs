@@ -274,7 +274,7 @@ pub fn explain(table: &Table, flow: &FlowSpec, lease: Lease) -> Option<Explanati
         forward_target(
             table.me,
             at(&table.owner),
-            at(&table.holder),
+            [at(&table.holder), at(&table.holder2)],
             table.fallback,
             kind,
             || lease == Lease::Valid,

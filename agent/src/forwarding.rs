@@ -31,6 +31,7 @@ pub fn fill_routes(table: &mut Table, me: u8, buckets: usize, routes: &Routes) {
     for (slots, from) in [
         (&routes.owners, &mut table.owner),
         (&routes.holders, &mut table.holder),
+        (&routes.holders2, &mut table.holder2),
     ] {
         let n = buckets.min(slots.len()).min(MAX_BUCKETS as usize);
         from[..n].copy_from_slice(&slots[..n]);
@@ -210,17 +211,19 @@ addrs = ["198.19.1.4:7450", "198.18.3.4:7450"]
         let routes = Routes {
             owners: vec![2, 1, 3, 2, 9],
             holders: vec![0, 2, 0, 0, 1],
+            holders2: vec![0, 4, 0, 0, 0],
         };
         fill_routes(&mut t, 2, 4, &routes);
         assert_eq!(&t.owner[..4], &[2, 1, 3, 2]);
         assert_eq!(t.owner[4], NO_MEMBER);
         assert_eq!(t.owner[MAX_BUCKETS as usize], 9);
-        assert_eq!(t.holder[1], 2);
+        assert_eq!((t.holder[1], t.holder2[1]), (2, 4));
         assert_eq!(t.holder[MAX_BUCKETS as usize], 1);
         assert_eq!((t.me, t.fallback), (2, 1));
         let alone = Routes {
             owners: vec![2, 2],
             holders: vec![0, 0],
+            holders2: vec![0, 0],
         };
         fill_routes(&mut t, 2, 2, &alone);
         assert_eq!(t.fallback, NO_MEMBER);

@@ -12,45 +12,69 @@
 //!   the previous owner still holding the slot's connections;
 //! - this node is past its lease and its table names itself the owner
 //!   (its buckets have moved on without it): to a live member of its last
-//!   table, which forwards it to the owner it knows.
+//!   table, which forwards it to the owner it knows;
+//! - the target is the node the packet came from (a holder whose next
+//!   holder sent it): to the owner instead (the program's part: it alone
+//!   sees where a frame came from).
 //!
-//! A packet is forwarded at most twice (`ethertype::FORWARDED`, then
-//! `FORWARDED_AGAIN`): router → any node → owner → previous holder, or
-//! router → previous holder → owner. Each node accepts only what its own
-//! verdict accepts, so the nodes that see a packet are a subset of flood
-//! mode's and at most one of them accepts it (S1 is flood mode's); a
-//! disagreement between two nodes' epochs drops a packet, never loops it.
+//! The previous holders of a slot (at most two are listed: a bucket handed
+//! on again while its first handoff is still open) are visited in order
+//! after the owner: router → any node → owner → first holder → second
+//! holder, each passing the packet on only if its kernel does not hold
+//! the connection. The frame carries how many times it was forwarded
+//! (`shim`, or the tunnel's outer identification) and is dropped past
+//! [`MAX_HOPS`], and never sent straight back to the node it came from, so
+//! a disagreement between nodes' epochs drops a packet, never loops it.
+//! Each node accepts only what its own verdict accepts, so the nodes that
+//! see a packet are a subset of flood mode's and at most one of them
+//! accepts it (S1 is flood mode's).
 
 use crate::layout::NO_MEMBER;
 use crate::verdict::PacketKind;
 
-/// How many times a packet may be forwarded in all.
-pub const MAX_HOPS: u8 = 2;
+/// How many times a packet may be forwarded in all: a router's choice,
+/// the owner, two holders; one more for a node past its lease handing its
+/// stale slot to its fallback.
+pub const MAX_HOPS: u8 = 4;
 
 /// The member to forward a packet of `kind` to, given this node's id
-/// `me`, the slot's `owner` and lingering `holder`, and the table's
-/// `fallback`; `None`: drop. `serving` says whether the lease is valid;
-/// it is asked only when this node owns the slot (the program then reads
-/// the clock; a packet for another node's slot does not).
+/// `me`, the slot's `owner` and lingering `holders` (in tour order,
+/// [`NO_MEMBER`] for none), and the table's `fallback`; `None`: drop.
+/// `serving` says whether the lease is valid; it is asked only when this
+/// node owns the slot (the program then reads the clock; a packet for
+/// another node's slot does not).
 #[inline(always)]
 pub fn forward_target(
     me: u8,
     owner: u8,
-    holder: u8,
+    holders: [u8; 2],
     fallback: u8,
     kind: PacketKind,
     serving: impl FnOnce() -> bool,
 ) -> Option<u8> {
+    let conn = kind == PacketKind::TcpOther;
+    let [h0, h1] = holders;
+    let listed = |h: u8| h != NO_MEMBER && h != me;
     let target = if owner == NO_MEMBER {
         NO_MEMBER
-    } else if owner != me {
-        owner
-    } else if kind == PacketKind::TcpOther && holder != me {
-        holder
-    } else if !serving() {
-        fallback
+    } else if owner == me {
+        // Ours, not accepted. Past the lease our table is stale (the slot
+        // has moved on without us): a live member knows better. Else a
+        // connection's packet tours the holders.
+        if !serving() {
+            fallback
+        } else if conn && listed(h0) {
+            h0
+        } else if conn && listed(h1) {
+            h1
+        } else {
+            NO_MEMBER
+        }
+    } else if conn && me == h0 && listed(h1) {
+        // The first holder does not hold it: the next one.
+        h1
     } else {
-        NO_MEMBER
+        owner
     };
     if target == NO_MEMBER || target == me {
         None
@@ -64,26 +88,38 @@ mod tests {
     use super::*;
     use PacketKind::*;
 
+    const NONE: u8 = NO_MEMBER;
+
     #[test]
-    fn packets_go_to_the_owner_then_to_the_holder() {
-        // Not ours: the owner, whatever the kind or the holder.
+    fn packets_go_to_the_owner_then_through_the_holders() {
+        let t = |me, owner, h: [u8; 2], kind, serving: bool| {
+            forward_target(me, owner, h, 9, kind, || serving)
+        };
+        // Not ours: the owner, whatever the kind or the holders.
         for kind in [TcpSyn, TcpOther, Connectionless] {
-            assert_eq!(forward_target(1, 2, 3, 3, kind, || true), Some(2));
-            assert_eq!(forward_target(1, 2, 1, 3, kind, || false), Some(2));
+            assert_eq!(t(1, 2, [3, NONE], kind, true), Some(2));
+            assert_eq!(t(1, 2, [NONE, NONE], kind, false), Some(2));
         }
-        // Ours but not accepted: a connection's packet to the holder.
-        assert_eq!(forward_target(1, 1, 3, 2, TcpOther, || true), Some(3));
-        assert_eq!(forward_target(1, 1, NO_MEMBER, 2, TcpOther, || true), None);
-        assert_eq!(forward_target(1, 1, 3, 2, TcpSyn, || true), None);
-        // Past the lease, our own stale slot: the fallback.
-        assert_eq!(
-            forward_target(1, 1, NO_MEMBER, 2, TcpSyn, || false),
-            Some(2)
-        );
-        assert_eq!(forward_target(1, 1, 1, 2, TcpOther, || false), Some(2));
+        // Ours but not accepted: a connection's packet to the first
+        // holder, which passes it to the second, which returns it to the
+        // owner (dropped there as coming straight back, or at the bound).
+        assert_eq!(t(1, 1, [3, 4], TcpOther, true), Some(3));
+        assert_eq!(t(3, 1, [3, 4], TcpOther, true), Some(4));
+        assert_eq!(t(4, 1, [3, 4], TcpOther, true), Some(1));
+        assert_eq!(t(3, 1, [3, NONE], TcpOther, true), Some(1));
+        assert_eq!(t(3, 1, [3, 4], TcpSyn, true), Some(1));
+        assert_eq!(t(1, 1, [NONE, NONE], TcpOther, true), None);
+        assert_eq!(t(1, 1, [3, 4], TcpSyn, true), None);
+        // Past the lease, our own stale slot: the fallback, for anything.
+        assert_eq!(t(1, 1, [NONE, NONE], TcpSyn, false), Some(9));
+        assert_eq!(t(1, 1, [1, NONE], TcpOther, false), Some(9));
+        assert_eq!(t(1, 1, [3, NONE], TcpOther, false), Some(9));
         // Nobody owns it, or nobody to go to.
-        assert_eq!(forward_target(1, NO_MEMBER, 3, 2, TcpOther, || false), None);
-        assert_eq!(forward_target(1, 1, 1, 1, TcpOther, || false), None);
-        assert_eq!(forward_target(1, 1, 1, NO_MEMBER, TcpSyn, || false), None);
+        assert_eq!(t(1, NONE, [3, 4], TcpOther, false), None);
+        assert_eq!(forward_target(1, 1, [1, 1], 1, TcpOther, || false), None);
+        assert_eq!(
+            forward_target(1, 1, [NONE, NONE], NONE, TcpSyn, || false),
+            None
+        );
     }
 }

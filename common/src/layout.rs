@@ -333,6 +333,10 @@ pub struct Table {
     /// slot (a lingering handoff), where the slot's owner forwards a
     /// connection's packet its own kernel does not hold.
     pub holder: [u8; MAX_SLOTS],
+    /// Routed mode: a second previous owner still holding connections (a
+    /// bucket handed on again during an open handoff), where the first
+    /// holder forwards what it does not hold.
+    pub holder2: [u8; MAX_SLOTS],
     /// This node's member id (never a forwarding target).
     pub me: u8,
     /// Routed mode: a live member to forward to when this node is past
@@ -355,6 +359,7 @@ impl Table {
             state: [slot_state::NOT_OWNED; MAX_SLOTS],
             owner: [NO_MEMBER; MAX_SLOTS],
             holder: [NO_MEMBER; MAX_SLOTS],
+            holder2: [NO_MEMBER; MAX_SLOTS],
             me: NO_MEMBER,
             fallback: NO_MEMBER,
             _pad: [0; 6],
@@ -399,8 +404,9 @@ pub struct MemberRoute {
 }
 
 /// Marks of an encapsulated packet: its outer IPv4 identification is
-/// [`tunnel::ID_BASE`] plus the hop (1: forwarded once, 2: twice), so the
-/// receiver decapsulates only xnlb's own tunnel packets and keeps the hop.
+/// [`tunnel::ID_BASE`] plus the hop (how many times it was forwarded), so
+/// the receiver decapsulates only xnlb's own tunnel packets and keeps the
+/// hop.
 pub mod tunnel {
     /// Outer IPv4 header length (no options).
     pub const OUTER_LEN: usize = 20;
@@ -571,7 +577,7 @@ mod tests {
         assert_eq!(size_of::<FragKey>(), 40);
         assert_eq!(
             size_of::<Table>(),
-            24 + size_of::<Vip>() * MAX_VIPS + 3 * MAX_SLOTS + 8
+            24 + size_of::<Vip>() * MAX_VIPS + 4 * MAX_SLOTS + 8
         );
         assert_eq!(size_of::<MemberRoute>(), 16);
     }

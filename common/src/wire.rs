@@ -16,16 +16,23 @@ pub mod ethertype {
     /// 802.1ad VLAN tag (S-tag, "QinQ").
     pub const VLAN_8021AD: u16 = 0x88a8;
     /// A VIP packet one node forwarded to another in routed mode (IEEE
-    /// 802 Local Experimental Ethertype 1). The IP version is read from
-    /// the packet; the receiving program restores the IP ethertype before
-    /// passing it. A host without the program drops it (unknown ethertype):
-    /// forwarded traffic fails closed.
+    /// 802 Local Experimental Ethertype 1): right after the MACs comes a
+    /// [`super::shim`] with the number of times it was forwarded, then the
+    /// frame's own ethertype. The receiving program takes the shim out
+    /// before passing the packet. A host without the program drops it
+    /// (unknown ethertype): forwarded traffic fails closed.
     pub const FORWARDED: u16 = 0x88b5;
-    /// A VIP packet forwarded a second time (Local Experimental Ethertype
-    /// 2): the owner of a lingering bucket sending it on to the node still
-    /// holding the bucket's connections, or the reverse. Never forwarded
-    /// again, so an epoch disagreement drops a packet, never loops it.
-    pub const FORWARDED_AGAIN: u16 = 0x88b6;
+}
+
+/// The 4 bytes routed mode inserts after the MACs of a frame it forwards:
+/// [`ethertype::FORWARDED`], the hop count (how many times the packet was
+/// forwarded, at most `MAX_HOPS`), a zero byte. The frame's own ethertype
+/// follows, so a parser reads the shim like a VLAN tag.
+pub mod shim {
+    /// Length of the shim.
+    pub const LEN: usize = 4;
+    /// Offset of the hop count in the frame.
+    pub const HOP: usize = 14;
 }
 
 /// Length of an Ethernet header without VLAN tags.

@@ -4,7 +4,9 @@
 //! [`crate::l3::ipv6`] hands them to the responder once the IPv6 header
 //! proved to be one.
 
-use xnlb_common::{counter, ctrl, ethertype, mac_mode, ETH_HLEN, MAX_VLAN_DEPTH, VLAN_HLEN};
+use xnlb_common::{
+    counter, ctrl, ethertype, mac_mode, shim, ETH_HLEN, MAX_VLAN_DEPTH, VLAN_HLEN,
+};
 
 use crate::drop_log::{why, Stats};
 use crate::l3::{self, L2Frame};
@@ -23,10 +25,15 @@ pub fn frame_verdict<const PROBE: bool>(f: &Frame, stats: Stats) -> u32 {
     let cluster_dst = mac_mode::is_cluster_prefix(eth.u8(0), eth.u8(1));
     let unparsable = Unparsable { cluster_dst, stats };
 
+    // VLAN tags, and routed mode's shim on a frame another node forwarded
+    // here (read like a tag: its hop count is read again from the frame
+    // where it matters, `crate::vip::hop`; a value carried from here would
+    // split every path the verifier explores below).
     let mut ethertype = eth.be16(12);
     let mut l3 = ETH_HLEN;
-    for _ in 0..MAX_VLAN_DEPTH {
-        if !is_vlan_tag(ethertype) {
+    for _ in 0..MAX_VLAN_DEPTH + 1 {
+        let shim = ethertype == ethertype::FORWARDED && l3 == ETH_HLEN;
+        if !is_vlan_tag(ethertype) && !shim {
             break;
         }
         match f.get::<VLAN_HLEN>(l3) {
@@ -35,24 +42,17 @@ pub fn frame_verdict<const PROBE: bool>(f: &Frame, stats: Stats) -> u32 {
         }
         l3 += VLAN_HLEN;
     }
-    if is_vlan_tag(ethertype) {
-        // Deeper VLAN stack than we parse.
+    let shim_len = if eth.be16(12) == ethertype::FORWARDED {
+        shim::LEN
+    } else {
+        0
+    };
+    if is_vlan_tag(ethertype)
+        || ethertype == ethertype::FORWARDED
+        || l3 - ETH_HLEN - shim_len > MAX_VLAN_DEPTH * VLAN_HLEN
+    {
+        // Deeper VLAN stack than we parse (or a shim not first).
         return unparsable.verdict();
-    }
-    // Routed mode: a VIP packet another node forwarded here; the IP
-    // version says which header follows. (How many times it was forwarded
-    // is read again from the frame where it matters, see
-    // [`crate::vip::hop`]: a constant carried from here would split every
-    // path the verifier explores below in three.)
-    if ethertype == ethertype::FORWARDED || ethertype == ethertype::FORWARDED_AGAIN {
-        let Some(v) = f.get::<1>(l3) else {
-            return stats.malformed(why::TRUNCATED_L3);
-        };
-        ethertype = match v.u8(0) >> 4 {
-            4 => ethertype::IPV4,
-            6 => ethertype::IPV6,
-            _ => return stats.malformed(why::BAD_VERSION),
-        };
     }
 
     let Some(active) = XNLB_CTRL.get(ctrl::ACTIVE) else {

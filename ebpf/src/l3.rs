@@ -50,7 +50,7 @@ impl L2Frame<'_> {
     /// cannot take a frame of the forwarding ethertype.
     #[inline(always)]
     fn not_a_vip(&self) -> u32 {
-        if crate::vip::hop(self.f, self.l3) != 0 {
+        if crate::vip::hop(self.f) != 0 {
             self.stats.bump(counter::DROPPED_UNROUTABLE);
             return XDP_DROP;
         }
@@ -116,7 +116,7 @@ pub fn ipv6<const PROBE: bool>(frame: L2Frame) -> u32 {
         return stats.malformed(why::BAD_VERSION);
     }
     let next = ip.u8(6);
-    if next == ipproto::ICMPV6 && crate::vip::hop(f, l3) == 0 {
+    if next == ipproto::ICMPV6 && crate::vip::hop(f) == 0 {
         if let Some(verdict) = reply::neighbour_solicitation(f, l3, t, stats) {
             return verdict;
         }

@@ -75,10 +75,15 @@ static XNLB_JUMP: ProgramArray = ProgramArray::pinned(1, 0);
 #[map]
 static XNLB_LOGRL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// The filter attached to the interface.
-#[xdp]
-pub fn xnlb(ctx: XdpContext) -> u32 {
-    run::<false>(&ctx)
+/// The filter attached to the interface. Written out rather than with
+/// `#[xdp]` (which wraps the body in an inner function LLVM may leave out
+/// of line): the tail call that judges a stripped tunnel packet again must
+/// be in the program's own body, the kernel refuses it in a BPF
+/// subprogram.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "xdp")]
+pub fn xnlb(ctx: *mut aya_ebpf::bindings::xdp_md) -> u32 {
+    run::<false>(&XdpContext::new(ctx))
 }
 
 /// Test probe: runs the same parser and classification, then writes the flow

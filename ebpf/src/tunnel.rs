@@ -13,7 +13,7 @@
 use aya_ebpf::helpers::bpf_xdp_adjust_head;
 use aya_ebpf::programs::XdpContext;
 use xnlb_common::{
-    counter, ctrl, ethertype, family, ipproto, tunnel, MemberRoute, ETH_HLEN,
+    counter, ctrl, ethertype, family, ipproto, shim, tunnel, MemberRoute, ETH_HLEN, MAX_HOPS,
 };
 
 use crate::drop_log::Stats;
@@ -47,21 +47,26 @@ pub fn decapsulate(f: &Frame, l3: usize, stats: Stats) -> u32 {
         return XDP_PASS;
     };
     let hop = h.be16(ETH_HLEN + 4).wrapping_sub(tunnel::ID_BASE);
-    if h.u8(ETH_HLEN) != 0x45 || !(1..=2).contains(&hop) {
+    if h.u8(ETH_HLEN) != 0x45 || hop == 0 || hop > MAX_HOPS as u16 {
         return XDP_PASS;
     }
-    let marked = if hop == 1 {
-        ethertype::FORWARDED
+    let inner = if h.u8(ETH_HLEN + 9) == ipproto::IPIP {
+        ethertype::IPV4
     } else {
-        ethertype::FORWARDED_AGAIN
+        ethertype::IPV6
     };
+    // [MACs][outer IPv4][inner] becomes [MACs][shim][inner ethertype][inner]:
+    // the frame another node forwarded on the segment would be.
     let (dst, src) = (h.read_mac(0), h.read_mac(6));
-    h.write_mac(tunnel::OUTER_LEN, &dst);
-    h.write_mac(tunnel::OUTER_LEN + 6, &src);
-    h.write::<2>(tunnel::OUTER_LEN + 12, &marked.to_be_bytes());
-    // SAFETY: the program's own context; shrinking the head by the outer
-    // header, which the frame holds (checked above).
-    if unsafe { bpf_xdp_adjust_head(f.ctx as *mut _, tunnel::OUTER_LEN as i32) } != 0 {
+    let at = tunnel::OUTER_LEN - shim::LEN;
+    h.write_mac(at, &dst);
+    h.write_mac(at + 6, &src);
+    let [f0, f1] = ethertype::FORWARDED.to_be_bytes();
+    let [i0, i1] = inner.to_be_bytes();
+    h.write::<6>(at + 12, &[f0, f1, hop as u8, 0, i0, i1]);
+    // SAFETY: the program's own context; shrinking the head by less than
+    // the outer header, which the frame holds (checked above).
+    if unsafe { bpf_xdp_adjust_head(f.ctx as *mut _, at as i32) } != 0 {
         return unroutable(stats);
     }
     JUDGE_AGAIN
@@ -83,23 +88,33 @@ pub fn judge_again(ctx: &XdpContext, stats: Stats) -> u32 {
     unroutable(stats)
 }
 
-/// Sends the packet (untagged, its IP header at [`ETH_HLEN`]) of `fam` to
-/// a member on another subnet: an outer IPv4 header to its tunnel address
-/// with the mark of forwarding hop `hop`, to the next hop's MAC.
+/// Sends the packet of `fam` (its IP header at `l3`: right after the MACs,
+/// or after the shim of a frame forwarded `hop` times; not behind VLAN
+/// tags) to a member on another subnet: an outer IPv4 header to its
+/// tunnel address, marked with the hop, to the next hop's MAC.
 #[inline(always)]
-pub fn encapsulate(f: &Frame, l3: usize, fam: u8, route: &MemberRoute, hop: u16, stats: Stats) -> u32 {
-    let inner = f.end - f.start;
-    if l3 != ETH_HLEN || inner < ETH_HLEN || inner - ETH_HLEN + tunnel::OUTER_LEN > 0xffff {
+pub fn encapsulate(
+    f: &Frame,
+    l3: usize,
+    hop: u8,
+    fam: u8,
+    route: &MemberRoute,
+    stats: Stats,
+) -> u32 {
+    let expected = if hop == 0 { ETH_HLEN } else { ETH_HLEN + shim::LEN };
+    let len = f.end - f.start;
+    if l3 != expected || len < l3 || len - l3 + tunnel::OUTER_LEN > 0xffff {
         return unroutable(stats);
     }
-    let total = (inner - ETH_HLEN + tunnel::OUTER_LEN) as u16;
+    let total = (len - l3 + tunnel::OUTER_LEN) as u16;
+    let grow = (ETH_HLEN + tunnel::OUTER_LEN - l3) as i32;
     let Some(ours) = XNLB_CTRL.get(ctrl::IFMAC) else {
         return unroutable(stats);
     };
     let ours = ours.to_le_bytes();
-    // SAFETY: the program's own context; growing the head by 20 bytes
-    // (XDP guarantees 256 bytes of headroom).
-    if unsafe { bpf_xdp_adjust_head(f.ctx as *mut _, -(tunnel::OUTER_LEN as i32)) } != 0 {
+    // SAFETY: the program's own context; growing the head by at most 20
+    // bytes (XDP guarantees 256 bytes of headroom).
+    if unsafe { bpf_xdp_adjust_head(f.ctx as *mut _, -grow) } != 0 {
         return unroutable(stats);
     }
     // Every pointer into the frame is stale now: start again from the
@@ -119,7 +134,7 @@ pub fn encapsulate(f: &Frame, l3: usize, fam: u8, route: &MemberRoute, hop: u16,
     };
     h.write::<2>(o, &[0x45, 0]);
     h.write::<2>(o + 2, &total.to_be_bytes());
-    h.write::<2>(o + 4, &(tunnel::ID_BASE + hop).to_be_bytes());
+    h.write::<2>(o + 4, &(tunnel::ID_BASE + hop as u16 + 1).to_be_bytes());
     // Don't fragment: a member's tunnel packet too big for the path is
     // dropped where it does not fit, not reassembled by a member.
     h.write::<2>(o + 6, &[0x40, 0]);

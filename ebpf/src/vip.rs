@@ -6,9 +6,11 @@
 
 use xnlb_common::{
     counter, ctrl, ethertype, family, flow_hash, forward_target, frag, mac_mode, match_rule, mode,
-    route_kind, slot_state, FlowWords, FragKey, PacketKind, Table, Vip, MAX_HOPS, MAX_SLOTS,
-    MAX_VIPS,
+    route_kind, shim, slot_state, FlowWords, FragKey, PacketKind, Table, Vip, ETH_HLEN, MAX_HOPS,
+    MAX_SLOTS, MAX_VIPS,
 };
+
+use aya_ebpf::helpers::bpf_xdp_adjust_head;
 
 use crate::clock::{lease_valid, now, standing, Standing};
 use crate::drop_log::{why, Stats};
@@ -82,18 +84,16 @@ pub struct VipPacket {
     pub fragment: Fragment,
     /// Sent to a cluster MAC: an accepted packet needs the interface's MAC.
     pub cluster_dst: bool,
-    /// Offset of the L3 header (the ethertype is the two bytes before it:
-    /// the forwarding one if another node sent it here, see [`hop`]).
+    /// Offset of the L3 header (past VLAN tags and routed mode's shim).
     pub l3: usize,
 }
 
-/// How many times another node forwarded the frame whose L3 header is at
-/// `l3` (routed mode, 0..=[`MAX_HOPS`]), from its ethertype.
+/// How many times other nodes forwarded this frame (routed mode's
+/// [`shim`], right after the MACs; 0 without one).
 #[inline(always)]
-pub fn hop(f: &Frame, l3: usize) -> u8 {
-    match f.get::<2>(l3 - 2).map(|t| t.be16(0)) {
-        Some(ethertype::FORWARDED) => 1,
-        Some(ethertype::FORWARDED_AGAIN) => 2,
+pub fn hop(f: &Frame) -> u8 {
+    match f.get::<{ shim::HOP + 1 }>(0) {
+        Some(h) if h.be16(12) == ethertype::FORWARDED => h.u8(shim::HOP),
         _ => 0,
     }
 }
@@ -253,44 +253,62 @@ impl VipPacket {
             stats.bump(counter::DROPPED_UNROUTABLE);
             XDP_DROP
         };
-        let hop = hop(f, self.l3);
+        let hop = hop(f);
         if hop >= MAX_HOPS || slot >= MAX_SLOTS {
             return unroutable();
         }
-        let Some(target) = forward_target(t.me, t.owner[slot], t.holder[slot], t.fallback, kind, || {
+        let holders = [t.holder[slot], t.holder2[slot]];
+        let Some(target) = forward_target(t.me, t.owner[slot], holders, t.fallback, kind, || {
             serving.unwrap_or_else(lease_valid)
         }) else {
             return unroutable();
         };
-        let Some(route) = XNLB_MEMBERS.get(target as u32) else {
-            return unroutable();
-        };
-        if route.kind == route_kind::IPIP {
-            return crate::tunnel::encapsulate(f, self.l3, self.family, route, hop as u16 + 1, stats);
-        }
-        let (true, Some(ours), Some(eth), Some(ty)) = (
-            route.kind == route_kind::L2,
-            XNLB_CTRL.get(ctrl::IFMAC),
+        let (Some(mut route), Some(eth), Some(ours)) = (
+            XNLB_MEMBERS.get(target as u32),
             f.get::<12>(0),
-            f.get::<2>(self.l3 - 2),
+            XNLB_CTRL.get(ctrl::IFMAC),
         ) else {
             return unroutable();
         };
-        let dst = route.mac;
-        // Never straight back to where it came from (two nodes whose
-        // epochs disagree would bounce it until the hop limit).
-        if eth.read_mac(6) == dst {
+        // Never straight back to where it came from: to the owner instead
+        // (a holder that got it from the next holder), or nowhere (two
+        // nodes whose epochs disagree would bounce it to the bound).
+        let from = eth.read_mac(6);
+        if route.kind == route_kind::L2 && from == route.mac {
+            let owner = t.owner[slot];
+            match XNLB_MEMBERS.get(owner as u32) {
+                Some(r) if owner != target && owner != t.me && r.mac != from => route = r,
+                _ => return unroutable(),
+            }
+        }
+        if route.kind == route_kind::IPIP {
+            return crate::tunnel::encapsulate(f, self.l3, hop, self.family, route, stats);
+        }
+        if route.kind != route_kind::L2 {
             return unroutable();
         }
         let m = ours.to_le_bytes();
-        eth.write_mac(0, &dst);
-        eth.write_mac(6, &[m[0], m[1], m[2], m[3], m[4], m[5]]);
-        let next = if hop == 0 {
-            ethertype::FORWARDED
+        let ours = [m[0], m[1], m[2], m[3], m[4], m[5]];
+        if hop == 0 {
+            // First forward: make room for the shim after the MACs.
+            // SAFETY: the program's own context; XDP leaves headroom.
+            if unsafe { bpf_xdp_adjust_head(f.ctx as *mut _, -(shim::LEN as i32)) } != 0 {
+                return unroutable();
+            }
+            let Some(h) = f.reload().get::<{ ETH_HLEN + shim::LEN }>(0) else {
+                return unroutable();
+            };
+            h.write_mac(0, &route.mac);
+            h.write_mac(6, &ours);
+            h.write::<4>(12, &[0x88, 0xb5, 1, 0]);
         } else {
-            ethertype::FORWARDED_AGAIN
-        };
-        ty.write::<2>(0, &next.to_be_bytes());
+            let Some(h) = f.get::<{ shim::HOP + 1 }>(0) else {
+                return unroutable();
+            };
+            h.write_mac(0, &route.mac);
+            h.write_mac(6, &ours);
+            h.write::<1>(shim::HOP, &[hop + 1]);
+        }
         stats.bump(counter::FORWARDED);
         XDP_TX
     }
@@ -299,16 +317,20 @@ impl VipPacket {
     #[inline(always)]
     fn accept(&self, f: &Frame, stats: Stats) -> u32 {
         stats.bump(counter::PASSED);
-        if hop(f, self.l3) != 0 {
-            // Forwarded here: the stack takes it as the IP packet it is.
-            if let Some(ty) = f.get::<2>(self.l3 - 2) {
-                let ip = if self.family == family::V4 {
-                    ethertype::IPV4
-                } else {
-                    ethertype::IPV6
-                };
-                ty.write::<2>(0, &ip.to_be_bytes());
+        if hop(f) != 0 {
+            // Forwarded here: out with the shim, the stack takes the frame
+            // as it was (the MACs move up over it).
+            let Some(h) = f.get::<{ ETH_HLEN + shim::LEN }>(0) else {
+                return XDP_DROP;
+            };
+            let (dst, src) = (h.read_mac(0), h.read_mac(6));
+            h.write_mac(shim::LEN, &dst);
+            h.write_mac(shim::LEN + 6, &src);
+            // SAFETY: the program's own context; the frame holds the shim.
+            if unsafe { bpf_xdp_adjust_head(f.ctx as *mut _, shim::LEN as i32) } != 0 {
+                return XDP_DROP;
             }
+            return XDP_PASS;
         }
         if self.cluster_dst {
             // The stack drops unicast IP sent to a multicast or foreign MAC:

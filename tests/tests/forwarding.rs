@@ -1,10 +1,10 @@
 //! Routed mode's forwarding in the XDP program, through
 //! `BPF_PROG_TEST_RUN`: a packet this node does not accept leaves by
 //! `XDP_TX` to the node that does, with that node's MAC, ours as source and
-//! the forwarding ethertype for its hop; a forwarded packet is judged by
-//! the same verdicts, has its IP ethertype back when accepted, and is
-//! never forwarded a third time, back to where it came from, or to a
-//! member whose MAC is unknown. Flood VIPs never forward.
+//! the shim that counts its hops; a forwarded packet is judged by the same
+//! verdicts, loses the shim when accepted, and is never forwarded past the
+//! bound, back to where it came from, or to a member whose MAC is unknown.
+//! Flood VIPs never forward.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -56,18 +56,22 @@ fn from_router(vip: IpAddr, client: IpAddr, l4: &L4) -> Vec<u8> {
     frame(IF_MAC, client, vip, l4, &IpOpts::default())
 }
 
-/// `pkt` as node `from_mac` forwards it here, `hop` times.
+/// `pkt` as node `from_mac` forwards it here, `hop` times: its MACs, the
+/// shim, the rest of `pkt` from its ethertype on.
 fn forwarded(pkt: &[u8], from_mac: [u8; 6], hop: u8) -> Vec<u8> {
-    let mut f = pkt.to_vec();
-    f[..6].copy_from_slice(&IF_MAC);
-    f[6..12].copy_from_slice(&from_mac);
-    let et = if hop == 1 {
-        ethertype::FORWARDED
-    } else {
-        ethertype::FORWARDED_AGAIN
-    };
-    f[12..14].copy_from_slice(&et.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&IF_MAC);
+    f.extend_from_slice(&from_mac);
+    f.extend_from_slice(&ethertype::FORWARDED.to_be_bytes());
+    f.extend_from_slice(&[hop, 0]);
+    f.extend_from_slice(&pkt[12..]);
     f
+}
+
+/// The shim a frame forwarded `hop` times carries.
+fn shim(hop: u8) -> [u8; 4] {
+    let [a, b] = ethertype::FORWARDED.to_be_bytes();
+    [a, b, hop, 0]
 }
 
 fn port_in(t: &Table, vip: IpAddr, client: IpAddr, proto: u8, dport: u16, state: u8) -> u16 {
@@ -92,17 +96,17 @@ fn a_packet_for_another_nodes_bucket_goes_to_its_owner_and_is_taken_there() {
         assert_eq!(out.frame[..6], MAC2, "{vip}: to the owner's MAC");
         assert_eq!(out.frame[6..12], IF_MAC, "{vip}: from ours");
         assert_eq!(
-            out.frame[12..14],
-            ethertype::FORWARDED.to_be_bytes(),
+            out.frame[12..16],
+            shim(1),
             "{vip}: marked as forwarded once"
         );
-        assert_eq!(out.frame[14..], pkt[14..], "{vip}: the IP packet untouched");
+        assert_eq!(out.frame[16..], pkt[12..], "{vip}: the packet untouched");
         let after = fx.counters();
         assert_eq!(delta(&before, &after, counter::FORWARDED), 1);
         assert_eq!(delta(&before, &after, counter::DROPPED_NOT_OWNER), 0);
 
         // At the owner (here: this node, for one of its own buckets), the
-        // forwarded frame is accepted with its IP ethertype back.
+        // forwarded frame is accepted without its shim.
         let owned = port_in(&t, vip, client, ipproto::TCP, 80, slot_state::OWNED);
         let pkt = from_router(vip, client, &tcp(owned, 80, SYN));
         let out = fx.run(&forwarded(&pkt, MAC2, 1));
@@ -110,13 +114,18 @@ fn a_packet_for_another_nodes_bucket_goes_to_its_owner_and_is_taken_there() {
             out.action, PASS,
             "{vip}: the owner takes a forwarded packet"
         );
+        assert_eq!(
+            out.frame[..12],
+            [IF_MAC, MAC2].concat()[..],
+            "{vip}: the shim is out"
+        );
         assert_eq!(out.frame[12..14], ip_type.to_be_bytes());
         assert_eq!(out.frame[14..], pkt[14..]);
     }
 }
 
 #[test]
-fn a_packet_is_forwarded_at_most_twice_and_never_back() {
+fn a_packet_is_forwarded_at_most_max_hops_times_and_never_back() {
     let t = routed_table();
     let mut fx = fixture(&t);
     let vip = IpAddr::from(VIP4);
@@ -127,10 +136,12 @@ fn a_packet_is_forwarded_at_most_twice_and_never_back() {
     let out = fx.run(&forwarded(&pkt, MAC3, 1));
     assert_eq!(out.action, TX);
     assert_eq!(out.frame[..6], MAC2);
-    assert_eq!(out.frame[12..14], ethertype::FORWARDED_AGAIN.to_be_bytes());
+    assert_eq!(out.frame[12..16], shim(2));
+    assert_eq!(out.frame.len(), pkt.len() + 4, "one shim, not two");
     let before = fx.counters();
-    // Twice already: dropped, whatever the tables say.
-    assert_eq!(fx.run(&forwarded(&pkt, MAC3, 2)).action, DROP);
+    // At the bound: dropped, whatever the tables say.
+    let at_bound = forwarded(&pkt, MAC3, xnlb_common::MAX_HOPS);
+    assert_eq!(fx.run(&at_bound).action, DROP);
     // From the owner itself: not straight back.
     assert_eq!(fx.run(&forwarded(&pkt, MAC2, 1)).action, DROP);
     // A target whose MAC is not known yet.
@@ -166,6 +177,34 @@ fn the_owner_sends_a_connection_it_does_not_hold_to_the_previous_holder() {
     // not returned.
     let back = forwarded(&from_router(vip, client, &tcp(ours, 80, ACK)), MAC3, 2);
     assert_eq!(fx.run(&back).action, DROP);
+}
+
+#[test]
+fn the_first_holder_sends_what_it_does_not_hold_to_the_second() {
+    // This node (3) is the first of two previous holders of every slot
+    // (member 2 owns them, member 4 holds them too).
+    let mut t = routed_table();
+    t.me = HOLDER;
+    for s in 0..t.state.len() {
+        t.state[s] = slot_state::RELEASING;
+        t.owner[s] = OWNER;
+        t.holder[s] = HOLDER;
+        t.holder2[s] = 4;
+    }
+    let mut fx = fixture(&t);
+    let mac4 = [0x02, 0, 0, 0, 0, 4];
+    fx.dp.set_member_mac(4, Some(mac4)).expect("member mac");
+    let vip = IpAddr::from(VIP4);
+    let client = client4(9);
+    let port = port_in(&t, vip, client, ipproto::TCP, 80, slot_state::RELEASING);
+    // From the owner, a connection this kernel does not hold: member 4.
+    let pkt = forwarded(&from_router(vip, client, &tcp(port, 80, ACK)), MAC2, 2);
+    let out = fx.run(&pkt);
+    assert_eq!((out.action, &out.frame[..6]), (TX, &mac4[..]));
+    assert_eq!(out.frame[12..16], shim(3));
+    // A new connection: to the owner.
+    let out = fx.run(&from_router(vip, client, &tcp(port, 80, SYN)));
+    assert_eq!((out.action, &out.frame[..6]), (TX, &MAC2[..]));
 }
 
 #[test]
@@ -244,8 +283,21 @@ fn the_forwarding_ethertype_is_rewritten_behind_vlan_tags() {
     );
     let out = fx.run(&pkt);
     assert_eq!(out.action, TX);
-    assert_eq!(out.frame[12..16], pkt[12..16], "the tag stays");
-    assert_eq!(out.frame[16..18], ethertype::FORWARDED.to_be_bytes());
+    assert_eq!(out.frame[12..16], shim(1), "the shim right after the MACs");
+    assert_eq!(out.frame[16..], pkt[12..], "the tag and the rest follow");
+    // Forwarded back here to the owner of the bucket: the tag stays, the
+    // shim goes.
+    let owned = port_in(&t, vip, client, ipproto::TCP, 80, slot_state::OWNED);
+    let mine = ethernet(
+        IF_MAC,
+        CLIENT_MAC,
+        &[(0x8100, 7)],
+        EtherType(ethertype::IPV4),
+        &from_router(vip, client, &tcp(owned, 80, SYN))[14..],
+    );
+    let out = fx.run(&forwarded(&mine, MAC2, 1));
+    assert_eq!(out.action, PASS);
+    assert_eq!(out.frame[12..], mine[12..]);
 }
 
 /// Member 2 behind a gateway (another subnet): IPIP from 198.18.1.1 to
@@ -361,10 +413,14 @@ fn a_tunnel_packet_from_a_member_is_taken_apart_and_judged_like_any_other() {
     assert_eq!(out.frame[12..14], ethertype::IPV4.to_be_bytes());
     assert_eq!(out.frame[14..], inner[14..]);
     assert_eq!(delta(&before, &fx.counters(), counter::PASSED), 1);
-    // Twice forwarded already, for a bucket of another node: dropped there.
+    // Forwarded to the bound already, for a bucket of another node:
+    // dropped there.
     let foreign = port_in(&t, vip, client, ipproto::TCP, 80, slot_state::NOT_OWNED);
     let inner2 = from_router(vip, client, &tcp(foreign, 80, SYN));
-    let mut twice = wrap(xnlb_common::tunnel::ID_BASE + 2, TUNNEL_DST);
+    let mut twice = wrap(
+        xnlb_common::tunnel::ID_BASE + xnlb_common::MAX_HOPS as u16,
+        TUNNEL_DST,
+    );
     let cut = twice.len() - (inner.len() - 14);
     twice.truncate(cut);
     twice.extend_from_slice(&inner2[14..]);
@@ -377,4 +433,35 @@ fn a_tunnel_packet_from_a_member_is_taken_apart_and_judged_like_any_other() {
         let out = fx.run(&pkt);
         assert_eq!((out.action, &out.frame), (PASS, &pkt));
     }
+}
+
+#[test]
+fn within_held_delivery_a_node_sends_new_flows_of_its_stale_slots_to_the_fallback() {
+    // Past the lease, within held delivery, in a slot it was taking over
+    // from member 3 when it stopped (a frozen agent the routers still
+    // send to): a SYN goes to the fallback.
+    let mut t = routed_table();
+    for s in 0..t.state.len() {
+        if t.state[s] == slot_state::OWNED {
+            t.state[s] = slot_state::ACQUIRING;
+        }
+        t.holder[s] = HOLDER;
+    }
+    let mut fx = fixture(&t);
+    let now = xnlb::dataplane::boottime_ns();
+    fx.dp.set_lease(now - 1_000_000).expect("lease");
+    fx.dp.set_hold(now + 60_000_000_000).expect("hold");
+    let vip = IpAddr::from(VIP4);
+    let client = client4(10);
+    let ours = port_in(&t, vip, client, ipproto::TCP, 80, slot_state::ACQUIRING);
+    let before = fx.counters();
+    let out = fx.run(&from_router(vip, client, &tcp(ours, 80, SYN)));
+    assert_eq!(
+        (out.action, &out.frame[..6]),
+        (TX, &MAC2[..]),
+        "{:?}",
+        delta(&before, &fx.counters(), counter::DROPPED_UNROUTABLE)
+    );
+    let out = fx.run(&from_router(vip, client, &tcp(ours, 80, ACK)));
+    assert_eq!((out.action, &out.frame[..6]), (TX, &MAC2[..]));
 }

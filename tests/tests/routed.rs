@@ -409,6 +409,16 @@ fn wait_serving(c: &Cluster, ids: &[u8], what: &str) {
     assert!(ok, "{what}: nodes {ids:?} do not serve one epoch");
 }
 
+/// Waits until node `ask` sees member `id` own nothing (its buckets moved:
+/// until then `xnlb owner` still names it).
+fn wait_buckets_moved(c: &Cluster, ask: u8, id: u8, what: &str) {
+    let moved = xnlb_tests::cluster::wait_until(CONVERGE, || {
+        c.status(ask)
+            .is_some_and(|s| s.members.iter().any(|m| m.id == id && m.buckets == 0))
+    });
+    assert!(moved, "{what}: node {id}'s buckets did not move");
+}
+
 fn sum_counter(c: &Cluster, ids: &[u8], name: &str) -> u64 {
     ids.iter()
         .filter_map(|&i| c.status(i))
@@ -611,6 +621,7 @@ fn every_connection_is_answered_by_its_owner_whatever_next_hop_the_router_picked
         "heartbeat minority of node 3",
     );
     wait_serving(&c, &[1, 2, 4], "majority");
+    wait_buckets_moved(&c, 1, 3, "node 3 in a minority");
     check(&c, &mut conns, "node 3 in a minority", 1, 25_000);
     heal_isolation(&c, 3);
     wait_serving(&c, &[1, 2, 3, 4], "4 nodes");
@@ -628,22 +639,39 @@ fn every_connection_is_answered_by_its_owner_whatever_next_hop_the_router_picked
     // them (its own stale buckets to a live member, which knows the new
     // owner) and keeps delivering the connections its kernel holds.
     c.freeze(3);
-    let moved = xnlb_tests::cluster::wait_until(CONVERGE, || {
-        c.status(1)
-            .is_some_and(|s| s.members.iter().any(|m| m.id == 3 && m.buckets == 0))
-    });
-    assert!(moved, "node 3's buckets did not move while it was frozen");
+    wait_buckets_moved(&c, 1, 3, "node 3 frozen");
     assert!(
         router_next_hops(&router, VIP.into()).contains(&3),
         "the frozen node's BIRD still announces it (the case this phase is about)"
     );
-    check(
-        &c,
-        &mut conns,
-        "node 3's agent frozen, still announced",
-        1,
-        25_500,
+    // New connections: each answered by its owner or not at all (never
+    // by another node).
+    let broken = echo_round(&mut conns);
+    let (wrong, silent, first) = answered_by_owner(&c, &outside, 1, 25_500..25_700);
+    let retried: Vec<(String, Option<u8>)> = first
+        .iter()
+        .filter_map(|p| {
+            let port: u16 = p.strip_prefix("port ")?.split(':').next()?.parse().ok()?;
+            Some((
+                p.clone(),
+                outside_probe(&outside, port, Duration::from_secs(3)),
+            ))
+        })
+        .collect();
+    eprintln!(
+        "node 3's agent frozen, still announced: {} of {} long-lived connections broken; 200 new ones: {wrong} by another node than the owner, {silent} unanswered within 3 s, then on a retry: {retried:?}",
+        broken.len(),
+        conns.len()
     );
+    assert!(broken.is_empty(), "frozen: broken connections {broken:?}");
+    assert_eq!(wrong, 0, "frozen: {first:?}");
+    // Open: a few connections to the buckets the frozen node handed on
+    // are not answered while it is frozen (README, "Routed mode").
+    assert!(
+        silent <= 20,
+        "frozen: {silent} unanswered, retried: {retried:?}"
+    );
+    c.assert_no_overlap("frozen");
     c.thaw(3);
     wait_serving(&c, &[1, 2, 3, 4], "4 nodes");
 
@@ -688,6 +716,7 @@ fn every_connection_is_answered_by_its_owner_whatever_next_hop_the_router_picked
         "SIGKILL of node 2's agent",
     );
     wait_serving(&c, &[1, 3, 4], "survivors");
+    wait_buckets_moved(&c, 1, 2, "node 2 killed");
     check(&c, &mut conns, "node 2's agent killed", 1, 27_000);
     let unroutable = sum_counter(&c, &[1, 3, 4], "dropped_unroutable");
     eprintln!("unroutable drops at the end: {unroutable}");
@@ -837,12 +866,7 @@ fn a_member_on_another_subnet_is_reached_through_the_tunnel() {
         "SIGKILL of node 4's agent",
     );
     wait_serving(&c, &[1, 2, 3], "survivors");
-    // Until its buckets have moved (failover), `xnlb owner` still names it.
-    let moved = xnlb_tests::cluster::wait_until(CONVERGE, || {
-        c.status(1)
-            .is_some_and(|s| s.members.iter().any(|m| m.id == 4 && m.buckets == 0))
-    });
-    assert!(moved, "node 4's buckets did not move");
+    wait_buckets_moved(&c, 1, 4, "node 4 killed");
     let broken = echo_round(&mut conns);
     let (wrong, silent, first) = answered_by_owner(&c, &outside, 1, 22_000..22_200);
     eprintln!(

@@ -46,6 +46,10 @@ pub struct Routes {
     /// lowest id of them; `NO_MEMBER`: none), where the owner sends a
     /// connection's packet its kernel does not hold.
     pub holders: Vec<u8>,
+    /// The next lowest previous owner still holding connections (a slot
+    /// handed on again during an open handoff), where the first holder
+    /// sends what it does not hold.
+    pub holders2: Vec<u8>,
 }
 
 /// Something the shell **must do**, in order, before it sends any datagram

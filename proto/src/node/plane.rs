@@ -371,24 +371,28 @@ pub(super) fn reports(h: &Heartbeat, epoch: u64, digest: u64, incarnation: u64) 
 }
 
 /// Routed mode's forwarding targets in `state`: each slot's owner, and
-/// the lowest-id previous owner other than the owner (the one its
-/// connections' packets go to when the owner's kernel does not hold them).
+/// its two lowest-id previous owners other than the owner (where its
+/// connections' packets go, in that order, when the owner's kernel does
+/// not hold them). `prev` is kept in ascending ids.
 fn routes_of(state: &ClusterState) -> Routes {
-    let holders = state
-        .prev
-        .iter()
-        .zip(&state.owner)
-        .map(|(prev, owner)| {
-            prev.iter()
-                .copied()
-                .filter(|p| p != owner)
-                .min()
-                .unwrap_or(xnlb_common::NO_MEMBER)
-        })
-        .collect();
+    let nth = |n: usize| -> Vec<u8> {
+        state
+            .prev
+            .iter()
+            .zip(&state.owner)
+            .map(|(prev, owner)| {
+                prev.iter()
+                    .copied()
+                    .filter(|p| p != owner)
+                    .nth(n)
+                    .unwrap_or(xnlb_common::NO_MEMBER)
+            })
+            .collect()
+    };
     Routes {
         owners: state.owner.clone(),
-        holders,
+        holders: nth(0),
+        holders2: nth(1),
     }
 }
 

@@ -252,9 +252,12 @@ fn main() {
     // run on a fresh frame (the kernel's own timing of that run, which
     // includes its clock reads: compare within this table only).
     let forwarded = |p: u16| {
-        let mut f = frame(IF_MAC, c4, VIP4B.into(), &ack(p), &none);
-        f[12..14].copy_from_slice(&xnlb_common::ethertype::FORWARDED.to_be_bytes());
-        f
+        let f = frame(IF_MAC, c4, VIP4B.into(), &ack(p), &none);
+        let mut g = f[..12].to_vec();
+        g.extend_from_slice(&xnlb_common::ethertype::FORWARDED.to_be_bytes());
+        g.extend_from_slice(&[1, 0]);
+        g.extend_from_slice(&f[12..]);
+        g
     };
     let singles: Vec<(&str, &'static str, Vec<u8>, u32)> = vec![
         (
