@@ -4,7 +4,10 @@
 //! the answer the CLI gives is the one the kernel acts on.
 
 use crate::hash::bucket_of;
-use crate::layout::{affinity, ipproto, mode, proto_mask, single_slot_index, Vip, MAX_RULES};
+use crate::layout::{
+    affinity, ipproto, mode, port_map, proto_mask, single_slot_index, Vip, MAX_RULES, PORT_BLOCK,
+    PORT_BLOCKS,
+};
 
 /// The outcome of the rule scan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,8 +34,33 @@ impl RuleMatch {
 
 /// Index of the first rule of `vip` matching `proto` and `dport` (host
 /// order); `None` if the VIP's default applies. `xnlb explain` names it.
+///
+/// A compiled VIP ([`compile_rules`]) answers from its port map: one load,
+/// two for a port in a 256-port range that rules split. An uncompiled one
+/// scans its rules ([`scan_rules`]); both give the same answer.
 #[inline(always)]
 pub fn rule_index(vip: &Vip, proto: u8, dport: u16) -> Option<usize> {
+    let p = port_map::proto_index(proto)?;
+    let mut e = vip.ports[p][(dport >> 8) as usize];
+    if e >= port_map::DEFAULT {
+        if e & port_map::BLOCK != 0 {
+            e = vip.blocks[(e & port_map::BLOCK_MASK) as usize][(dport & 0xff) as usize];
+        } else if e == port_map::SCAN {
+            return scan_rules(vip, proto, dport);
+        }
+    }
+    // `DEFAULT`, or anything no compiler writes, is the default.
+    if e < vip.nrules && (e as usize) < MAX_RULES {
+        Some(e as usize)
+    } else {
+        None
+    }
+}
+
+/// [`rule_index`] by scanning the rules in order: the definition of first
+/// match, and what an uncompiled VIP does.
+#[inline(always)]
+pub fn scan_rules(vip: &Vip, proto: u8, dport: u16) -> Option<usize> {
     let bit = if proto == ipproto::TCP {
         proto_mask::TCP
     } else if proto == ipproto::UDP {
@@ -53,6 +81,48 @@ pub fn rule_index(vip: &Vip, proto: u8, dport: u16) -> Option<usize> {
         }
     }
     None
+}
+
+/// Compiles `vip`'s rules into its port map ([`Vip::ports`],
+/// [`Vip::blocks`]) from [`scan_rules`] itself, port by port, so the map
+/// cannot disagree with first match. Identical blocks are shared. Returns
+/// false, and leaves the VIP uncompiled (scanned: [`port_map::SCAN`]), if
+/// its rules split more 256-port ranges than [`PORT_BLOCKS`] hold. Call it
+/// again after changing the rules (a VIP built from [`Vip::default`] and
+/// never compiled is scanned).
+pub fn compile_rules(vip: &mut Vip) -> bool {
+    vip.ports = [[port_map::SCAN; PORT_BLOCK]; 2];
+    vip.blocks = [[port_map::DEFAULT; PORT_BLOCK]; PORT_BLOCKS];
+    let mut ports = [[port_map::DEFAULT; PORT_BLOCK]; 2];
+    let mut used = 0;
+    for (p, proto) in [ipproto::TCP, ipproto::UDP].into_iter().enumerate() {
+        for hi in 0..PORT_BLOCK {
+            let mut block = [port_map::DEFAULT; PORT_BLOCK];
+            for (lo, e) in block.iter_mut().enumerate() {
+                let port = (hi << 8 | lo) as u16;
+                *e = scan_rules(vip, proto, port).map_or(port_map::DEFAULT, |i| i as u8);
+            }
+            if block.iter().all(|&e| e == block[0]) {
+                ports[p][hi] = block[0];
+                continue;
+            }
+            let n = match vip.blocks[..used].iter().position(|b| *b == block) {
+                Some(n) => n,
+                None if used < PORT_BLOCKS => {
+                    vip.blocks[used] = block;
+                    used += 1;
+                    used - 1
+                }
+                None => {
+                    vip.blocks = [[port_map::DEFAULT; PORT_BLOCK]; PORT_BLOCKS];
+                    return false;
+                }
+            };
+            ports[p][hi] = port_map::BLOCK | n as u8;
+        }
+    }
+    vip.ports = ports;
+    true
 }
 
 /// First rule of `vip` matching `proto` and `dport` (host order), else the
@@ -108,13 +178,96 @@ mod tests {
 
     #[test]
     fn first_matching_rule_wins_and_default_catches_the_rest() {
-        let v = vip();
+        let mut v = vip();
+        assert!(compile_rules(&mut v));
         assert_eq!(match_rule(&v, ipproto::TCP, 80).mode, mode::MULTIPLE);
         assert_eq!(match_rule(&v, ipproto::TCP, 80).affinity, affinity::SINGLE);
         assert_eq!(match_rule(&v, ipproto::UDP, 80).mode, mode::SINGLE);
         assert_eq!(match_rule(&v, ipproto::UDP, 8100).mode, mode::DISABLED);
         assert_eq!(match_rule(&v, ipproto::TCP, 8101).mode, mode::SINGLE);
         assert_eq!(match_rule(&v, ipproto::ICMP, 0).slot, 7);
+    }
+
+    #[test]
+    fn compiled_lookup_is_first_match_for_every_port() {
+        // Rule sets: the test VIP, the kernel tests' six rules, overlapping
+        // ranges, port 0 and 65535 edges, one rule per protocol, none.
+        let r = |proto_mask, lo, hi, mode| Rule {
+            proto_mask,
+            mode,
+            port_lo: lo,
+            port_hi: hi,
+            ..Rule::default()
+        };
+        let both = proto_mask::TCP | proto_mask::UDP;
+        let sets: [&[Rule]; 5] = [
+            &[
+                r(proto_mask::TCP, 80, 80, mode::MULTIPLE),
+                r(proto_mask::UDP, 53, 53, mode::MULTIPLE),
+                r(proto_mask::TCP, 443, 443, mode::MULTIPLE),
+                r(both, 8000, 8100, mode::SINGLE),
+                r(both, 9000, 9000, mode::DISABLED),
+                r(both, 1, 65535, mode::MULTIPLE),
+            ],
+            &[
+                r(both, 100, 300, mode::SINGLE),
+                r(proto_mask::TCP, 0, 200, mode::DISABLED),
+                r(proto_mask::UDP, 250, 65535, mode::MULTIPLE),
+                r(both, 65535, 65535, mode::SINGLE),
+            ],
+            &[r(proto_mask::UDP, 0, 65535, mode::MULTIPLE)],
+            &[],
+            &[
+                r(proto_mask::TCP, 22, 22, mode::SINGLE),
+                r(proto_mask::TCP, 25, 25, mode::SINGLE),
+                r(proto_mask::TCP, 1000, 1000, mode::SINGLE),
+                r(proto_mask::TCP, 2000, 2000, mode::SINGLE),
+                r(proto_mask::TCP, 3000, 3000, mode::SINGLE),
+                r(proto_mask::TCP, 4000, 4000, mode::SINGLE),
+            ],
+        ];
+        for rules in sets {
+            let mut v = Vip::default();
+            v.rules[..rules.len()].copy_from_slice(rules);
+            v.nrules = rules.len() as u8;
+            assert!(compile_rules(&mut v));
+            for proto in [ipproto::TCP, ipproto::UDP, ipproto::ICMP, 0] {
+                for port in 0..=u16::MAX {
+                    assert_eq!(
+                        rule_index(&v, proto, port),
+                        scan_rules(&v, proto, port),
+                        "{rules:?}: proto {proto} port {port}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_vip_splitting_too_many_ranges_is_scanned() {
+        let mut v = Vip::default();
+        for i in 0..MAX_RULES {
+            v.rules[i] = Rule {
+                proto_mask: if i % 2 == 0 {
+                    proto_mask::TCP
+                } else {
+                    proto_mask::UDP
+                },
+                port_lo: (i * 1000 + 7) as u16,
+                port_hi: (i * 1000 + 7) as u16,
+                ..Rule::default()
+            };
+        }
+        v.nrules = MAX_RULES as u8;
+        assert!(!compile_rules(&mut v));
+        assert!(v.ports.iter().flatten().all(|&e| e == port_map::SCAN));
+        assert_eq!(rule_index(&v, ipproto::UDP, 1007), Some(1));
+        assert_eq!(rule_index(&v, ipproto::TCP, 1007), None);
+        // Fewer rules fit again, and recompiling takes them.
+        v.nrules = 4;
+        assert!(compile_rules(&mut v));
+        assert_eq!(rule_index(&v, ipproto::UDP, 1007), Some(1));
+        assert_eq!(rule_index(&v, ipproto::UDP, 5007), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 /// Version of this layout; stored in the pinned control map so a new agent
 /// can tell whether it may adopt the maps a previous agent left pinned.
-pub const LAYOUT_VERSION: u64 = 3;
+pub const LAYOUT_VERSION: u64 = 4;
 
 /// Where the agent pins the program, its link and its maps (bpffs).
 pub const PIN_DIR: &str = "/sys/fs/bpf/xnlb";
@@ -54,8 +54,14 @@ pub const MAX_SINGLE_SLOTS: u32 = 256;
 pub const MAX_SLOTS: usize = (MAX_BUCKETS + MAX_SINGLE_SLOTS) as usize;
 /// VIPs one cluster can serve.
 pub const MAX_VIPS: usize = 16;
-/// Port rules per VIP (the XDP program scans them in order).
+/// Port rules per VIP (first match wins; see [`Vip::ports`]).
 pub const MAX_RULES: usize = 16;
+/// Ports per block of a VIP's compiled port map ([`Vip::ports`]).
+pub const PORT_BLOCK: usize = 256;
+/// Blocks of per-port entries each VIP can hold ([`Vip::blocks`]): enough
+/// for rule boundaries in 8 distinct 256-port ranges; a VIP needing more is
+/// left uncompiled and its rules are scanned.
+pub const PORT_BLOCKS: usize = 8;
 /// 802.1ad + 802.1Q: deeper stacks are not parsed.
 pub const MAX_VLAN_DEPTH: usize = 2;
 /// IPv6 extension headers walked before a packet is declared malformed.
@@ -127,6 +133,32 @@ pub mod proto_mask {
     pub const TCP: u8 = 1;
     /// Matches UDP.
     pub const UDP: u8 = 2;
+}
+
+/// Entries of a VIP's compiled port map ([`Vip::ports`], [`Vip::blocks`]):
+/// below [`DEFAULT`], the index of the rule the port falls under.
+pub mod port_map {
+    /// No rule matches: the VIP's default applies.
+    pub const DEFAULT: u8 = super::MAX_RULES as u8;
+    /// Not compiled (what [`super::Vip::default`] holds): scan the rules.
+    pub const SCAN: u8 = 0x40;
+    /// In [`super::Vip::ports`]: the 256 ports differ; their entries are in
+    /// block `entry & BLOCK_MASK` of [`super::Vip::blocks`].
+    pub const BLOCK: u8 = 0x80;
+    /// The block number bits of a [`BLOCK`] entry.
+    pub const BLOCK_MASK: u8 = (super::PORT_BLOCKS - 1) as u8;
+    /// Index of IP protocol `proto` in [`super::Vip::ports`] (TCP 0, UDP
+    /// 1); `None` for a protocol no rule can match.
+    #[inline(always)]
+    pub fn proto_index(proto: u8) -> Option<usize> {
+        if proto == super::ipproto::TCP {
+            Some(0)
+        } else if proto == super::ipproto::UDP {
+            Some(1)
+        } else {
+            None
+        }
+    }
 }
 
 /// How the VIP's cluster MAC is formed (DESIGN 1).
@@ -221,6 +253,16 @@ pub struct Vip {
     pub index: u16,
     /// Port rules, first match wins.
     pub rules: [Rule; MAX_RULES],
+    /// The rules compiled ([`crate::classify::compile_rules`]), per
+    /// protocol ([`port_map::proto_index`]) and per 256 ports (`port >> 8`):
+    /// the [`port_map`] entry every port of the range falls under, or a
+    /// [`port_map::BLOCK`] entry naming the block with one entry per port,
+    /// or [`port_map::SCAN`] (not compiled). The program finds a packet's
+    /// rule with one load (two in a range the rules split) instead of a
+    /// scan of up to [`MAX_RULES`] rules.
+    pub ports: [[u8; PORT_BLOCK]; 2],
+    /// Per-port entries (`port & 0xff`) of the ranges the rules split.
+    pub blocks: [[u8; PORT_BLOCK]; PORT_BLOCKS],
 }
 
 impl Default for Vip {
@@ -234,6 +276,8 @@ impl Default for Vip {
             default_slot: 0,
             index: 0,
             rules: [Rule::default(); MAX_RULES],
+            ports: [[port_map::SCAN; PORT_BLOCK]; 2],
+            blocks: [[port_map::DEFAULT; PORT_BLOCK]; PORT_BLOCKS],
         }
     }
 }
@@ -471,7 +515,10 @@ mod tests {
     #[test]
     fn layout_sizes_are_stable() {
         assert_eq!(size_of::<Rule>(), 12);
-        assert_eq!(size_of::<Vip>(), 24 + 12 * MAX_RULES);
+        assert_eq!(
+            size_of::<Vip>(),
+            24 + 12 * MAX_RULES + PORT_BLOCK * (2 + PORT_BLOCKS)
+        );
         let b = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
         assert_eq!(addr_bytes(&addr_words(&b)), b);
         assert_eq!(size_of::<FragKey>(), 40);

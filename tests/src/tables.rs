@@ -4,8 +4,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use xnlb::flow::{classify, ip_bytes, FlowSpec};
 use xnlb_common::{
-    addr_words, affinity, family, mac_mode, mode, proto_mask, seed_from_name, single_slot_index,
-    slot_state, Rule, Table, Vip,
+    addr_words, affinity, compile_rules, family, mac_mode, mode, proto_mask, seed_from_name,
+    single_slot_index, slot_state, Rule, Table, Vip,
 };
 
 /// The IPv4 VIP.
@@ -85,6 +85,7 @@ fn vip(addr: IpAddr, index: u16, mac: u8, default_mode: u8) -> Vip {
     ];
     v.rules[..rules.len()].copy_from_slice(&rules);
     v.nrules = rules.len() as u8;
+    assert!(compile_rules(&mut v), "the test rules fit the port map");
     v
 }
 
