@@ -4,7 +4,9 @@
 //! [`l3`] (IPv4 options and fragments, IPv6 extension headers; neighbour
 //! solicitations to [`reply`]) to a [`vip::VipPacket`], whose verdict reads
 //! the flow from [`l4`] and this node's slot state through [`verdict`].
-//! [`drop_log`] counts every packet and logs why one was dropped.
+//! [`drop_log`] counts every packet and logs why one was dropped. The
+//! commonest packet, another node's, is decided first by [`steady`]: the
+//! same verdict in a short run of code.
 //!
 //! Every node of the cluster sees every packet for a VIP. This program decides,
 //! in the kernel, whether *this* node accepts it: it finds the VIP, picks the
@@ -27,6 +29,7 @@ mod l3;
 mod l4;
 mod packet;
 mod reply;
+mod steady;
 mod verdict;
 mod vip;
 
@@ -77,7 +80,12 @@ pub fn xnlb_probe(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn run<const PROBE: bool>(ctx: &XdpContext) -> u32 {
     let why = Cell::new(0u8);
-    let verdict = l2::frame_verdict::<PROBE>(&packet::Frame::new(ctx), drop_log::Stats::new(&why));
+    let stats = drop_log::Stats::new(&why);
+    let frame = packet::Frame::new(ctx);
+    if let Some(verdict) = steady::not_owned::<PROBE>(&frame, stats) {
+        return verdict;
+    }
+    let verdict = l2::frame_verdict::<PROBE>(&frame, stats);
     if let Some(text) = drop_log::due(why.get()) {
         aya_log_ebpf::warn!(ctx, "xnlb: dropped a packet: {}", text);
     }
