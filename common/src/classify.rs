@@ -95,15 +95,15 @@ pub fn compile_rules(vip: &mut Vip) -> bool {
     vip.blocks = [[port_map::DEFAULT; PORT_BLOCK]; PORT_BLOCKS];
     let mut ports = [[port_map::DEFAULT; PORT_BLOCK]; 2];
     let mut used = 0;
-    for (p, proto) in [ipproto::TCP, ipproto::UDP].into_iter().enumerate() {
-        for hi in 0..PORT_BLOCK {
+    for (map, proto) in ports.iter_mut().zip([ipproto::TCP, ipproto::UDP]) {
+        for (hi, entry) in map.iter_mut().enumerate() {
             let mut block = [port_map::DEFAULT; PORT_BLOCK];
             for (lo, e) in block.iter_mut().enumerate() {
                 let port = (hi << 8 | lo) as u16;
                 *e = scan_rules(vip, proto, port).map_or(port_map::DEFAULT, |i| i as u8);
             }
             if block.iter().all(|&e| e == block[0]) {
-                ports[p][hi] = block[0];
+                *entry = block[0];
                 continue;
             }
             let n = match vip.blocks[..used].iter().position(|b| *b == block) {
@@ -118,7 +118,7 @@ pub fn compile_rules(vip: &mut Vip) -> bool {
                     return false;
                 }
             };
-            ports[p][hi] = port_map::BLOCK | n as u8;
+            *entry = port_map::BLOCK | n as u8;
         }
     }
     vip.ports = ports;
