@@ -88,7 +88,7 @@ pub fn plan(cfg: &Config) -> Plan {
         // The data plane finds a packet's rule in the compiled port map; a
         // VIP whose rules split too many port ranges stays uncompiled and
         // is scanned rule by rule, with the same first-match answers.
-        compile_rules(&mut d);
+        compile_rules(&mut d, &mut table.port_maps[i]);
         table.vips[i] = d;
     }
     table.nvips = cfg.vips.len() as u32;

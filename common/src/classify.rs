@@ -5,8 +5,8 @@
 
 use crate::hash::bucket_of;
 use crate::layout::{
-    affinity, ipproto, mode, port_map, proto_mask, single_slot_index, Vip, MAX_RULES, PORT_BLOCK,
-    PORT_BLOCKS,
+    affinity, ipproto, mode, port_map, proto_mask, single_slot_index, PortMap, Vip, MAX_RULES,
+    PORT_BLOCK, PORT_BLOCKS,
 };
 
 /// The outcome of the rule scan.
@@ -35,19 +35,19 @@ impl RuleMatch {
 /// Index of the first rule of `vip` matching `proto` and `dport` (host
 /// order); `None` if the VIP's default applies. `xnlb explain` names it.
 ///
-/// A compiled VIP ([`compile_rules`]) answers from its port map: one load,
-/// two for a port in a 256-port range that rules split. An uncompiled one
-/// scans its rules ([`scan_rules`]); both give the same answer.
+/// A compiled VIP answers from `map`, its [`PortMap`] ([`compile_rules`]):
+/// one load, two for a port in a 256-port range that rules split. An
+/// uncompiled one scans its rules ([`scan_rules`]); both give the same
+/// answer.
 #[inline(always)]
-pub fn rule_index(vip: &Vip, proto: u8, dport: u16) -> Option<usize> {
+pub fn rule_index(vip: &Vip, map: &PortMap, proto: u8, dport: u16) -> Option<usize> {
+    if vip.compiled != 1 {
+        return scan_rules(vip, proto, dport);
+    }
     let p = port_map::proto_index(proto)?;
-    let mut e = vip.ports[p][(dport >> 8) as usize];
-    if e >= port_map::DEFAULT {
-        if e & port_map::BLOCK != 0 {
-            e = vip.blocks[(e & port_map::BLOCK_MASK) as usize][(dport & 0xff) as usize];
-        } else if e == port_map::SCAN {
-            return scan_rules(vip, proto, dport);
-        }
+    let mut e = map.ports[p][(dport >> 8) as usize];
+    if e & port_map::BLOCK != 0 {
+        e = map.blocks[(e & port_map::BLOCK_MASK) as usize][(dport & 0xff) as usize];
     }
     // `DEFAULT`, or anything no compiler writes, is the default.
     if e < vip.nrules && (e as usize) < MAX_RULES {
@@ -83,20 +83,19 @@ pub fn scan_rules(vip: &Vip, proto: u8, dport: u16) -> Option<usize> {
     None
 }
 
-/// Compiles `vip`'s rules into its port map ([`Vip::ports`],
-/// [`Vip::blocks`]) from [`scan_rules`] itself, port by port, so the map
-/// cannot disagree with first match. Identical blocks are shared. Returns
-/// false, and leaves the VIP uncompiled (scanned: [`port_map::SCAN`]), if
-/// its rules split more 256-port ranges than [`PORT_BLOCKS`] hold. Call it
-/// again after changing the rules (a VIP built from [`Vip::default`] and
-/// never compiled is scanned).
-pub fn compile_rules(vip: &mut Vip) -> bool {
-    vip.ports = [[port_map::SCAN; PORT_BLOCK]; 2];
-    vip.blocks = [[port_map::DEFAULT; PORT_BLOCK]; PORT_BLOCKS];
-    let mut ports = [[port_map::DEFAULT; PORT_BLOCK]; 2];
+/// Compiles `vip`'s rules into `map` (its [`PortMap`], the one with its
+/// index in [`crate::Table::port_maps`]) from [`scan_rules`] itself, port
+/// by port, so the map cannot disagree with first match, and marks the VIP
+/// compiled. Identical blocks are shared. Returns false, and leaves the VIP
+/// uncompiled (scanned), if its rules split more 256-port ranges than
+/// [`PORT_BLOCKS`] hold. Call it again after changing the rules (a VIP
+/// built from [`Vip::default`] and never compiled is scanned).
+pub fn compile_rules(vip: &mut Vip, map: &mut PortMap) -> bool {
+    vip.compiled = 0;
+    *map = PortMap::default();
     let mut used = 0;
-    for (map, proto) in ports.iter_mut().zip([ipproto::TCP, ipproto::UDP]) {
-        for (hi, entry) in map.iter_mut().enumerate() {
+    for (ports, proto) in map.ports.iter_mut().zip([ipproto::TCP, ipproto::UDP]) {
+        for (hi, entry) in ports.iter_mut().enumerate() {
             let mut block = [port_map::DEFAULT; PORT_BLOCK];
             for (lo, e) in block.iter_mut().enumerate() {
                 let port = (hi << 8 | lo) as u16;
@@ -106,30 +105,27 @@ pub fn compile_rules(vip: &mut Vip) -> bool {
                 *entry = block[0];
                 continue;
             }
-            let n = match vip.blocks[..used].iter().position(|b| *b == block) {
+            let n = match map.blocks[..used].iter().position(|b| *b == block) {
                 Some(n) => n,
                 None if used < PORT_BLOCKS => {
-                    vip.blocks[used] = block;
+                    map.blocks[used] = block;
                     used += 1;
                     used - 1
                 }
-                None => {
-                    vip.blocks = [[port_map::DEFAULT; PORT_BLOCK]; PORT_BLOCKS];
-                    return false;
-                }
+                None => return false,
             };
             *entry = port_map::BLOCK | n as u8;
         }
     }
-    vip.ports = ports;
+    vip.compiled = 1;
     true
 }
 
-/// First rule of `vip` matching `proto` and `dport` (host order), else the
-/// VIP's default (affinity `none`: ICMP echo hashes on source and echo id).
+/// First rule of `vip` matching `proto` and `dport` (host order; `map` is
+/// its [`PortMap`]), else the VIP's default (affinity `none`: ICMP echo hashes on source and echo id).
 #[inline(always)]
-pub fn match_rule(vip: &Vip, proto: u8, dport: u16) -> RuleMatch {
-    match rule_index(vip, proto, dport) {
+pub fn match_rule(vip: &Vip, map: &PortMap, proto: u8, dport: u16) -> RuleMatch {
+    match rule_index(vip, map, proto, dport) {
         Some(i) if i < MAX_RULES => {
             let r = &vip.rules[i];
             RuleMatch {
@@ -179,13 +175,21 @@ mod tests {
     #[test]
     fn first_matching_rule_wins_and_default_catches_the_rest() {
         let mut v = vip();
-        assert!(compile_rules(&mut v));
-        assert_eq!(match_rule(&v, ipproto::TCP, 80).mode, mode::MULTIPLE);
-        assert_eq!(match_rule(&v, ipproto::TCP, 80).affinity, affinity::SINGLE);
-        assert_eq!(match_rule(&v, ipproto::UDP, 80).mode, mode::SINGLE);
-        assert_eq!(match_rule(&v, ipproto::UDP, 8100).mode, mode::DISABLED);
-        assert_eq!(match_rule(&v, ipproto::TCP, 8101).mode, mode::SINGLE);
-        assert_eq!(match_rule(&v, ipproto::ICMP, 0).slot, 7);
+        let mut m = PortMap::default();
+        for compiled in [false, true] {
+            if compiled {
+                assert!(compile_rules(&mut v, &mut m));
+            }
+            assert_eq!(match_rule(&v, &m, ipproto::TCP, 80).mode, mode::MULTIPLE);
+            assert_eq!(
+                match_rule(&v, &m, ipproto::TCP, 80).affinity,
+                affinity::SINGLE
+            );
+            assert_eq!(match_rule(&v, &m, ipproto::UDP, 80).mode, mode::SINGLE);
+            assert_eq!(match_rule(&v, &m, ipproto::UDP, 8100).mode, mode::DISABLED);
+            assert_eq!(match_rule(&v, &m, ipproto::TCP, 8101).mode, mode::SINGLE);
+            assert_eq!(match_rule(&v, &m, ipproto::ICMP, 0).slot, 7);
+        }
     }
 
     #[test]
@@ -230,11 +234,13 @@ mod tests {
             let mut v = Vip::default();
             v.rules[..rules.len()].copy_from_slice(rules);
             v.nrules = rules.len() as u8;
-            assert!(compile_rules(&mut v));
+            let mut m = PortMap::default();
+            assert!(compile_rules(&mut v, &mut m));
+            assert_eq!(v.compiled, 1);
             for proto in [ipproto::TCP, ipproto::UDP, ipproto::ICMP, 0] {
                 for port in 0..=u16::MAX {
                     assert_eq!(
-                        rule_index(&v, proto, port),
+                        rule_index(&v, &m, proto, port),
                         scan_rules(&v, proto, port),
                         "{rules:?}: proto {proto} port {port}"
                     );
@@ -259,20 +265,22 @@ mod tests {
             };
         }
         v.nrules = MAX_RULES as u8;
-        assert!(!compile_rules(&mut v));
-        assert!(v.ports.iter().flatten().all(|&e| e == port_map::SCAN));
-        assert_eq!(rule_index(&v, ipproto::UDP, 1007), Some(1));
-        assert_eq!(rule_index(&v, ipproto::TCP, 1007), None);
+        let mut m = PortMap::default();
+        assert!(!compile_rules(&mut v, &mut m));
+        assert_eq!(v.compiled, 0);
+        assert_eq!(rule_index(&v, &m, ipproto::UDP, 1007), Some(1));
+        assert_eq!(rule_index(&v, &m, ipproto::TCP, 1007), None);
         // Fewer rules fit again, and recompiling takes them.
         v.nrules = 4;
-        assert!(compile_rules(&mut v));
-        assert_eq!(rule_index(&v, ipproto::UDP, 1007), Some(1));
-        assert_eq!(rule_index(&v, ipproto::UDP, 5007), None);
+        assert!(compile_rules(&mut v, &mut m));
+        assert_eq!(v.compiled, 1);
+        assert_eq!(rule_index(&v, &m, ipproto::UDP, 1007), Some(1));
+        assert_eq!(rule_index(&v, &m, ipproto::UDP, 5007), None);
     }
 
     #[test]
     fn single_mode_uses_the_slot_after_the_buckets() {
-        let m = match_rule(&vip(), ipproto::ICMP, 0);
+        let m = match_rule(&vip(), &PortMap::default(), ipproto::ICMP, 0);
         assert_eq!(m.slot_index(0, 4096), MAX_BUCKETS as usize + 7);
     }
 }

@@ -109,7 +109,7 @@ impl VipPacket {
                 slot: vip.default_slot,
             }
         } else {
-            match_rule(vip, flow.proto, flow.dport)
+            match_rule(vip, &t.port_maps[self.vip], flow.proto, flow.dport)
         };
         if rule.mode == mode::DISABLED {
             stats.bump(counter::DROPPED_DISABLED);

@@ -85,7 +85,6 @@ fn vip(addr: IpAddr, index: u16, mac: u8, default_mode: u8) -> Vip {
     ];
     v.rules[..rules.len()].copy_from_slice(&rules);
     v.nrules = rules.len() as u8;
-    assert!(compile_rules(&mut v), "the test rules fit the port map");
     v
 }
 
@@ -99,6 +98,13 @@ pub fn table(state: u8) -> Box<Table> {
     t.vips[1] = vip(IpAddr::V6(VIP6), 1, mac_mode::MULTICAST, mode::MULTIPLE);
     t.vips[2] = vip(IpAddr::V4(VIP4B), 2, mac_mode::UNICAST, mode::SINGLE);
     t.nvips = 3;
+    for i in 0..3 {
+        let t = &mut *t;
+        assert!(
+            compile_rules(&mut t.vips[i], &mut t.port_maps[i]),
+            "the test rules fit a port map"
+        );
+    }
     for b in 0..BUCKETS as usize {
         t.state[b] = state;
     }
