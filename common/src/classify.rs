@@ -9,7 +9,7 @@ use crate::layout::{
     PORT_BLOCK, PORT_BLOCKS,
 };
 
-/// The outcome of the rule scan.
+/// The outcome of the rule lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RuleMatch {
     /// [`mode`] of the matching rule or of the VIP default.
