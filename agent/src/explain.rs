@@ -217,7 +217,12 @@ fn names(ids: &[usize]) -> Vec<String> {
 pub fn explain(table: &Table, flow: &FlowSpec, lease: Lease) -> Option<Explanation> {
     let c = classify(table, flow)?;
     let vip = &table.vips[c.vip_index];
-    let rule = rule_index(vip, flow.proto, flow.vip_port);
+    let rule = rule_index(
+        vip,
+        &table.port_maps[c.vip_index],
+        flow.proto,
+        flow.vip_port,
+    );
     let rule_text = match rule {
         Some(i) => {
             let r = &vip.rules[i];

@@ -63,7 +63,7 @@ pub fn classify(table: &Table, flow: &FlowSpec) -> Option<Classified> {
         .iter()
         .position(|v| v.family == fam && v.addr == vip_words)?;
     let vip = &table.vips[vip_index];
-    let rule = match_rule(vip, flow.proto, flow.vip_port);
+    let rule = match_rule(vip, &table.port_maps[vip_index], flow.proto, flow.vip_port);
     let words = FlowWords::from_parts(
         fam,
         &ip_bytes(flow.client),

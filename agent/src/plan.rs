@@ -4,8 +4,8 @@
 
 use sha2::{Digest, Sha256};
 use xnlb_common::{
-    addr_words, affinity, family, mac_mode, mode, proto_mask, seed_from_name, Rule, Table,
-    Vip as DpVip,
+    addr_words, affinity, compile_rules, family, mac_mode, mode, proto_mask, seed_from_name, Rule,
+    Table, Vip as DpVip,
 };
 
 use crate::config::{Affinity, Config, MacMode, Mode, Protocol, Role, VipMode};
@@ -85,6 +85,10 @@ pub fn plan(cfg: &Config) -> Plan {
             };
         }
         d.nrules = v.rules.len() as u8;
+        // The data plane finds a packet's rule in the compiled port map; a
+        // VIP whose rules split too many port ranges stays uncompiled and
+        // is scanned rule by rule, with the same first-match answers.
+        compile_rules(&mut d, &mut table.port_maps[i]);
         table.vips[i] = d;
     }
     table.nvips = cfg.vips.len() as u32;

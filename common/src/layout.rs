@@ -60,8 +60,14 @@ pub const MAX_SINGLE_SLOTS: u32 = 256;
 pub const MAX_SLOTS: usize = (MAX_BUCKETS + MAX_SINGLE_SLOTS) as usize;
 /// VIPs one cluster can serve.
 pub const MAX_VIPS: usize = 16;
-/// Port rules per VIP (the XDP program scans them in order).
+/// Port rules per VIP (first match wins; see [`PortMap`]).
 pub const MAX_RULES: usize = 16;
+/// Ports per block of a VIP's compiled rules ([`PortMap`]).
+pub const PORT_BLOCK: usize = 256;
+/// Blocks of per-port entries each VIP can hold ([`PortMap::blocks`]): enough
+/// for rule boundaries in 8 distinct 256-port ranges; a VIP needing more is
+/// left uncompiled and its rules are scanned.
+pub const PORT_BLOCKS: usize = 8;
 /// 802.1ad + 802.1Q: deeper stacks are not parsed.
 pub const MAX_VLAN_DEPTH: usize = 2;
 /// IPv6 extension headers walked before a packet is declared malformed.
@@ -137,6 +143,30 @@ pub mod proto_mask {
     pub const TCP: u8 = 1;
     /// Matches UDP.
     pub const UDP: u8 = 2;
+}
+
+/// Entries of a [`PortMap`]: below [`DEFAULT`], the index of the rule the
+/// port falls under.
+pub mod port_map {
+    /// No rule matches: the VIP's default applies.
+    pub const DEFAULT: u8 = super::MAX_RULES as u8;
+    /// In [`super::PortMap::ports`]: the 256 ports differ; their entries
+    /// are in block `entry & BLOCK_MASK` of [`super::PortMap::blocks`].
+    pub const BLOCK: u8 = 0x80;
+    /// The block number bits of a [`BLOCK`] entry.
+    pub const BLOCK_MASK: u8 = (super::PORT_BLOCKS - 1) as u8;
+    /// Index of IP protocol `proto` in [`super::PortMap::ports`] (TCP 0,
+    /// UDP 1); `None` for a protocol no rule can match.
+    #[inline(always)]
+    pub fn proto_index(proto: u8) -> Option<usize> {
+        if proto == super::ipproto::TCP {
+            Some(0)
+        } else if proto == super::ipproto::UDP {
+            Some(1)
+        } else {
+            None
+        }
+    }
 }
 
 /// How the VIP's cluster MAC is formed (DESIGN 1).
@@ -233,8 +263,42 @@ pub struct Vip {
     /// one constant per loop iteration (which multiplies the states it must
     /// explore by [`MAX_VIPS`]).
     pub index: u16,
+    /// 1 when [`Table::port_maps`] holds this VIP's rules compiled
+    /// ([`crate::classify::compile_rules`]); otherwise (what
+    /// [`Vip::default`] holds) the rules are scanned.
+    pub compiled: u8,
+    /// Explicit padding.
+    pub _pad: u8,
+    /// Explicit padding.
+    pub _pad2: u16,
     /// Port rules, first match wins.
     pub rules: [Rule; MAX_RULES],
+}
+
+/// A VIP's rules compiled ([`crate::classify::compile_rules`]), so the
+/// program finds a packet's rule with one load (two in a 256-port range
+/// the rules split) instead of a scan of up to [`MAX_RULES`] rules. Kept
+/// out of [`Vip`] so the VIPs the program compares addresses with stay
+/// small and close together.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortMap {
+    /// Per protocol ([`port_map::proto_index`]) and per 256 ports
+    /// (`port >> 8`): the [`port_map`] entry every port of the range falls
+    /// under, or a [`port_map::BLOCK`] entry naming the block with one
+    /// entry per port.
+    pub ports: [[u8; PORT_BLOCK]; 2],
+    /// Per-port entries (`port & 0xff`) of the ranges the rules split.
+    pub blocks: [[u8; PORT_BLOCK]; PORT_BLOCKS],
+}
+
+impl Default for PortMap {
+    fn default() -> Self {
+        PortMap {
+            ports: [[port_map::DEFAULT; PORT_BLOCK]; 2],
+            blocks: [[port_map::DEFAULT; PORT_BLOCK]; PORT_BLOCKS],
+        }
+    }
 }
 
 impl Default for Vip {
@@ -247,6 +311,9 @@ impl Default for Vip {
             nrules: 0,
             default_slot: 0,
             index: 0,
+            compiled: 0,
+            _pad: 0,
+            _pad2: 0,
             rules: [Rule::default(); MAX_RULES],
         }
     }
@@ -324,6 +391,9 @@ pub struct Table {
     /// [`slot_state`] per bucket (`0..buckets`), then per single slot
     /// (`MAX_BUCKETS + slot`).
     pub state: [u8; MAX_SLOTS],
+    /// Each VIP's rules compiled, by the VIP's index (see
+    /// [`Vip::compiled`]).
+    pub port_maps: [PortMap; MAX_VIPS],
     /// Routed mode: the member id owning each slot in this epoch
     /// ([`NO_MEMBER`]: nobody), where a packet this node does not accept
     /// is forwarded. Read only for routed VIPs; installed with `state`, so
@@ -357,6 +427,7 @@ impl Table {
             nvips: 0,
             vips: [Vip::default(); MAX_VIPS],
             state: [slot_state::NOT_OWNED; MAX_SLOTS],
+            port_maps: [PortMap::default(); MAX_VIPS],
             owner: [NO_MEMBER; MAX_SLOTS],
             holder: [NO_MEMBER; MAX_SLOTS],
             holder2: [NO_MEMBER; MAX_SLOTS],
@@ -571,13 +642,14 @@ mod tests {
     #[test]
     fn layout_sizes_are_stable() {
         assert_eq!(size_of::<Rule>(), 12);
-        assert_eq!(size_of::<Vip>(), 24 + 12 * MAX_RULES);
+        assert_eq!(size_of::<Vip>(), 28 + 12 * MAX_RULES);
+        assert_eq!(size_of::<PortMap>(), PORT_BLOCK * (2 + PORT_BLOCKS));
         let b = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
         assert_eq!(addr_bytes(&addr_words(&b)), b);
         assert_eq!(size_of::<FragKey>(), 40);
         assert_eq!(
             size_of::<Table>(),
-            24 + size_of::<Vip>() * MAX_VIPS + 4 * MAX_SLOTS + 8
+            24 + (size_of::<Vip>() + size_of::<PortMap>()) * MAX_VIPS + 4 * MAX_SLOTS + 8
         );
         assert_eq!(size_of::<MemberRoute>(), 16);
     }

@@ -17,7 +17,7 @@ pub mod layout;
 pub mod verdict;
 pub mod wire;
 
-pub use classify::{match_rule, rule_index, RuleMatch};
+pub use classify::{compile_rules, match_rule, rule_index, scan_rules, RuleMatch};
 pub use forward::{forward_target, MAX_HOPS};
 pub use hash::{bucket_of, flow_hash, seed_from_name, FlowWords};
 pub use layout::*;

@@ -124,7 +124,7 @@ impl VipPacket {
                 slot: vip.default_slot,
             }
         } else {
-            match_rule(vip, flow.proto, flow.dport)
+            match_rule(vip, &t.port_maps[self.vip], flow.proto, flow.dport)
         };
         if rule.mode == mode::DISABLED {
             stats.bump(counter::DROPPED_DISABLED);
@@ -347,7 +347,7 @@ impl VipPacket {
 /// The probe's output: the flow hash (8 bytes, little endian) and the slot
 /// (4 bytes) over the start of the frame.
 #[inline(always)]
-fn write_probe_result(f: &Frame, hash: u64, slot: usize) {
+pub fn write_probe_result(f: &Frame, hash: u64, slot: usize) {
     if let Some(out) = f.get::<12>(0) {
         let h = hash.to_le_bytes();
         let s = (slot as u32).to_le_bytes();

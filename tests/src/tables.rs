@@ -4,8 +4,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use xnlb::flow::{classify, ip_bytes, FlowSpec};
 use xnlb_common::{
-    addr_words, affinity, family, mac_mode, mode, proto_mask, seed_from_name, single_slot_index,
-    slot_state, Rule, Table, Vip,
+    addr_words, affinity, compile_rules, family, mac_mode, mode, proto_mask, seed_from_name,
+    single_slot_index, slot_state, Rule, Table, Vip,
 };
 
 /// The IPv4 VIP.
@@ -98,6 +98,13 @@ pub fn table(state: u8) -> Box<Table> {
     t.vips[1] = vip(IpAddr::V6(VIP6), 1, mac_mode::MULTICAST, mode::MULTIPLE);
     t.vips[2] = vip(IpAddr::V4(VIP4B), 2, mac_mode::UNICAST, mode::SINGLE);
     t.nvips = 3;
+    for i in 0..3 {
+        let t = &mut *t;
+        assert!(
+            compile_rules(&mut t.vips[i], &mut t.port_maps[i]),
+            "the test rules fit a port map"
+        );
+    }
     for b in 0..BUCKETS as usize {
         t.state[b] = state;
     }

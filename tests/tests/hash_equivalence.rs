@@ -1,21 +1,34 @@
 //! The XDP program and userspace compute the same flow hash and slot: the
 //! probe program writes what the kernel computed into the frame, and we
-//! compare it with `xnlb::flow::classify` for 10,000 random flows.
+//! compare it with `xnlb::flow::classify` for 10,000 random flows, with the
+//! VIPs' rules compiled into port maps (as the agent installs them) and
+//! scanned (a VIP left uncompiled).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rand::{Rng, SeedableRng};
 use xnlb::flow::{classify, FlowSpec};
-use xnlb_common::slot_state;
+use xnlb_common::{slot_state, Table};
 use xnlb_tests::fixture::Fixture;
 use xnlb_tests::frames::{frame, l4_of, IpOpts, Kind};
 use xnlb_tests::tables::{table, VIP4, VIP4B, VIP6};
 
 #[test]
 fn kernel_and_userspace_agree_on_10000_random_flows() {
+    let compiled = table(slot_state::NOT_OWNED);
+    let mut scanned = table(slot_state::NOT_OWNED);
+    for v in scanned.vips.iter_mut() {
+        v.compiled = 0;
+    }
+    agree(&compiled, None);
+    agree(&scanned, Some(&compiled));
+}
+
+/// Checks 10,000 random flows against `t`; with `same_as`, userspace
+/// classifies each the same under both tables.
+fn agree(t: &Table, same_as: Option<&Table>) {
     let mut fx = Fixture::new();
-    let t = table(slot_state::NOT_OWNED);
-    fx.serve(&t);
+    fx.serve(t);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x786e_6c62);
     let mut checked = 0;
     let mut per_kind = [0usize; 6];
@@ -51,7 +64,11 @@ fn kernel_and_userspace_agree_on_10000_random_flows() {
             client_port: cport,
             vip_port: vport,
         };
-        let want = classify(&t, &spec).expect("VIP in table");
+        let want = classify(t, &spec).expect("VIP in table");
+        if let Some(other) = same_as {
+            let o = classify(other, &spec).expect("VIP in table");
+            assert_eq!((o.rule, o.slot), (want.rule, want.slot), "{spec:?}");
+        }
         if want.rule.mode == xnlb_common::mode::DISABLED {
             continue;
         }

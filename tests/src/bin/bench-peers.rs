@@ -34,7 +34,8 @@
 //! xnlb objects measured in the same run, e.g. built by `cargo xtask
 //! build-ebpf --release --features ... --out ...`), `--thrash` (a thread
 //! sweeping 8 MiB on the receiver's CPU whenever the NAPI thread sleeps:
-//! what a receiver's code and data footprint costs on a busy node).
+//! what a receiver's code and data footprint costs on a busy node),
+//! `--owned 0,25,50` (the owned fractions measured, default all three).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -55,6 +56,7 @@ struct Args {
     only: Vec<String>,
     variants: Vec<(String, PathBuf)>,
     thrash: bool,
+    owned: Vec<u32>,
 }
 
 fn args() -> Args {
@@ -66,10 +68,11 @@ fn args() -> Args {
             .to_vec(),
         variants: Vec::new(),
         thrash: false,
+        owned: OWNED.to_vec(),
     };
     let mut it = std::env::args().skip(1);
     let usage = "expected --runs N, --traffic random|fixed|both, --only bare,minimal,xnlb,nft,xt, \
-                 --variant NAME=OBJECT, --thrash";
+                 --variant NAME=OBJECT, --thrash, --owned 0,25,50";
     while let Some(k) = it.next() {
         if k == "--thrash" {
             a.thrash = true;
@@ -89,6 +92,17 @@ fn args() -> Args {
                 }
             }
             "--only" => a.only = v.split(',').map(String::from).collect(),
+            "--owned" => {
+                a.owned = v
+                    .split(',')
+                    .map(|p| match p {
+                        "0" => 0,
+                        "25" => 1,
+                        "50" => 2,
+                        _ => panic!("--owned {v}: {usage}"),
+                    })
+                    .collect()
+            }
             "--variant" => {
                 let (name, path) = v.split_once('=').expect("--variant NAME=OBJECT");
                 a.variants.push((name.to_string(), path.into()));
@@ -134,7 +148,7 @@ fn main() {
         if want("bare") {
             configs.push((traffic, Filter::BareDrop, 0));
         }
-        for &q in &OWNED {
+        for &q in &args.owned {
             configs.extend(filters.iter().map(|&f| (traffic, f, q)));
         }
     }
@@ -196,18 +210,21 @@ fn main() {
         println!("{}:", traffic.name());
         println!(
             "| receiver | {} |",
-            OWNED
+            args.owned
+                .iter()
                 .map(|q| format!("ns/pkt, {}% owned", q * 25))
+                .collect::<Vec<_>>()
                 .join(" | ")
         );
-        println!("|---|{}", "---:|".repeat(OWNED.len()));
+        println!("|---|{}", "---:|".repeat(args.owned.len()));
         let mut rows = Vec::new();
         if want("bare") {
             rows.push(Filter::BareDrop);
         }
         rows.extend(&filters);
         for &f in &rows {
-            let cells: Vec<String> = OWNED
+            let cells: Vec<String> = args
+                .owned
                 .iter()
                 .map(|&q| {
                     let q = if f.hashes() { q } else { 0 };
@@ -226,7 +243,7 @@ fn main() {
                 cells
             } else {
                 let mut c = vec![cells[0].clone()];
-                c.extend(std::iter::repeat_n("-".to_string(), OWNED.len() - 1));
+                c.extend(std::iter::repeat_n("-".to_string(), args.owned.len() - 1));
                 c
             };
             println!("| {} | {} |", r.name(f), cells.join(" | "));
@@ -250,7 +267,7 @@ fn main() {
                 println!(
                     "{:<34} {}",
                     format!("{} {label}:", r.name(x)),
-                    OWNED
+                    args.owned
                         .iter()
                         .map(|&q| format!("{}% {}", q * 25, ratio(other, q, inverse)))
                         .collect::<Vec<_>>()
