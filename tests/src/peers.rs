@@ -129,6 +129,9 @@ pub struct Receivers {
     /// `(name, fixture)` per xnlb object; the first is the object under
     /// test and also provides the bare `XDP_DROP` and `XDP_PASS` programs.
     pub xnlb: Vec<(String, Fixture)>,
+    /// Per entry of `xnlb`: serves the VIP in routed mode ([`routed_table`]:
+    /// every packet it does not own is forwarded, `XDP_TX` back out).
+    pub routed: Vec<bool>,
     minimal: Ebpf,
     sender: Fixture,
 }
@@ -169,11 +172,21 @@ impl Receivers {
             .expect("sender program")
             .load()
             .expect("load the sender program");
+        let routed = vec![false; xnlb.len()];
         Receivers {
             xnlb,
+            routed,
             minimal,
             sender,
         }
+    }
+
+    /// Adds the default object serving the VIP in routed mode: what a
+    /// not-owned packet costs when it is forwarded instead of dropped.
+    pub fn add_routed(&mut self) {
+        self.xnlb
+            .push(("xnlb, routed VIP (forwards)".to_string(), Fixture::new()));
+        self.routed.push(true);
     }
 
     /// Display name of `f`.
@@ -228,6 +241,23 @@ pub fn bench_table(quarters: u32) -> Box<Table> {
             t.state[b] = slot_state::OWNED;
         }
     }
+    t
+}
+
+/// [`bench_table`] with the VIP the traffic goes to in routed mode: this
+/// node (member 1) owns what it owns there, member 2 the rest (its MAC is
+/// the sender's, so forwarded frames go back out to it).
+pub fn routed_table(quarters: u32) -> Box<Table> {
+    let mut t = bench_table(quarters);
+    t.vips[0].mac_mode = xnlb_common::mac_mode::ROUTED;
+    for s in 0..t.owner.len() {
+        t.owner[s] = if t.state[s] == slot_state::OWNED {
+            1
+        } else {
+            2
+        };
+    }
+    t.me = 1;
     t
 }
 
@@ -420,8 +450,16 @@ fn install(
             (None, attach(&t.rx, p))
         }
         Filter::Xnlb(i) => {
+            let routed = r.routed[i];
             let fx = &mut r.xnlb[i].1;
-            fx.serve(&bench_table(quarters));
+            if routed {
+                fx.serve(&routed_table(quarters));
+                fx.dp
+                    .set_member_mac(2, Some(mac_of(&t.tx, "eth0")))
+                    .expect("member mac");
+            } else {
+                fx.serve(&bench_table(quarters));
+            }
             fx.dp.set_if_mac(mac_of(&t.rx, "eth0")).expect("if mac");
             (
                 Some(i),

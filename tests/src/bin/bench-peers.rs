@@ -35,7 +35,9 @@
 //! build-ebpf --release --features ... --out ...`), `--thrash` (a thread
 //! sweeping 8 MiB on the receiver's CPU whenever the NAPI thread sleeps:
 //! what a receiver's code and data footprint costs on a busy node),
-//! `--owned 0,25,50` (the owned fractions measured, default all three).
+//! `--owned 0,25,50` (the owned fractions measured, default all three),
+//! `--routed` (also xnlb serving the VIP in routed mode: what it does not
+//! own it forwards, `XDP_TX` back to the sender, instead of dropping).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -57,6 +59,7 @@ struct Args {
     variants: Vec<(String, PathBuf)>,
     thrash: bool,
     owned: Vec<u32>,
+    routed: bool,
 }
 
 fn args() -> Args {
@@ -69,13 +72,18 @@ fn args() -> Args {
         variants: Vec::new(),
         thrash: false,
         owned: OWNED.to_vec(),
+        routed: false,
     };
     let mut it = std::env::args().skip(1);
     let usage = "expected --runs N, --traffic random|fixed|both, --only bare,minimal,xnlb,nft,xt, \
-                 --variant NAME=OBJECT, --thrash, --owned 0,25,50";
+                 --variant NAME=OBJECT, --thrash, --owned 0,25,50, --routed";
     while let Some(k) = it.next() {
         if k == "--thrash" {
             a.thrash = true;
+            continue;
+        }
+        if k == "--routed" {
+            a.routed = true;
             continue;
         }
         let v = it
@@ -126,6 +134,9 @@ fn main() {
     assert!(cpus >= 2, "the benchmark needs two CPUs (sender, receiver)");
     let rx_cpu = cpus - 1;
     let mut r = Receivers::load(&args.variants);
+    if args.routed {
+        r.add_routed();
+    }
     let want = |k: &str| args.only.iter().any(|o| o == k);
     let mut filters: Vec<Filter> = Vec::new();
     if want("minimal") {
