@@ -111,6 +111,20 @@ pub fn member_routes(
         .collect()
 }
 
+/// How `route` reaches its member, in words (the log and `xnlb doctor`):
+/// `at MAC`, or `on another subnet: IPIP to ADDRESS via MAC`.
+pub fn describe(route: &MemberRoute) -> String {
+    let mac = crate::host::mac_text(route.mac);
+    if route.kind == route_kind::L2 {
+        format!("at {mac}")
+    } else {
+        format!(
+            "on another subnet: IPIP to {} via {mac}",
+            Ipv4Addr::from(route.tunnel_dst.to_le_bytes())
+        )
+    }
+}
+
 /// The address this node's members send tunnel packets to: the first of
 /// its own IPv4 heartbeat addresses that is on the data interface.
 pub fn tunnel_local(cfg: &Config, on_data_if: &[IpAddr]) -> Option<Ipv4Addr> {

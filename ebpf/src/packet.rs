@@ -133,6 +133,24 @@ impl<const N: usize> Hdr<N> {
         [a[0], a[1], a[2], a[3], b[0], b[1]]
     }
 
+    /// Fills in the checksum of the option-less IPv4 header at `i` (its
+    /// checksum field is zeroed first). One's-complement sums are
+    /// byte-order independent (RFC 1071 section 2), so native loads and a
+    /// native store are exact.
+    #[inline(always)]
+    pub fn set_ipv4_checksum(&self, i: usize) {
+        self.write::<2>(i + 10, &[0, 0]);
+        let mut sum = 0u32;
+        let mut k = 0;
+        while k < 20 {
+            sum += self.raw16(i + k) as u32;
+            k += 2;
+        }
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        self.write::<2>(i + 10, &(!(sum as u16)).to_ne_bytes());
+    }
+
     /// Writes a word (as loaded by [`Hdr::word`]) at `i`.
     #[inline(always)]
     pub fn write_word(&self, i: usize, w: u32) {

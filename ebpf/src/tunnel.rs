@@ -139,18 +139,9 @@ pub fn encapsulate(
     // dropped where it does not fit, not reassembled by a member.
     h.write::<2>(o + 6, &[0x40, 0]);
     h.write::<2>(o + 8, &[tunnel::TTL, proto]);
-    h.write::<2>(o + 10, &[0, 0]);
     h.write_word(o + 12, route.tunnel_src);
     h.write_word(o + 16, route.tunnel_dst);
-    let mut sum = 0u32;
-    let mut k = 0;
-    while k < tunnel::OUTER_LEN {
-        sum += h.raw16(o + k) as u32;
-        k += 2;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    h.write::<2>(o + 10, &(!(sum as u16)).to_ne_bytes());
+    h.set_ipv4_checksum(o);
     stats.bump(counter::FORWARDED);
     XDP_TX
 }

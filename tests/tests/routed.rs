@@ -419,6 +419,47 @@ fn wait_buckets_moved(c: &Cluster, ask: u8, id: u8, what: &str) {
     assert!(moved, "{what}: node {id}'s buckets did not move");
 }
 
+/// 1,000 connections from the outside client (after a warm-up: until
+/// every node passed its first barrier, a SYN may need retransmitting),
+/// each answered by the owner node 1 names, with no packet unroutable on
+/// `live`; how many packets `forwarders` forwarded meanwhile.
+fn thousand_by_owner(c: &Cluster, outside: &Netns, live: &[u8], forwarders: &[u8]) -> u64 {
+    let (wrong, _, first) = answered_by_owner(c, outside, 1, 19_900..19_950);
+    assert_eq!(wrong, 0, "{first:?}");
+    let unroutable = sum_counter(c, live, "dropped_unroutable");
+    let forwarded = sum_counter(c, forwarders, "forwarded");
+    let t0 = Instant::now();
+    let (wrong, silent, first) = answered_by_owner(c, outside, 1, 20_000..21_000);
+    let forwarded = sum_counter(c, forwarders, "forwarded") - forwarded;
+    eprintln!(
+        "1,000 connections through the router over nodes {live:?} in {:?}: {wrong} answered by another node than the owner, {silent} unanswered; nodes {forwarders:?} forwarded {forwarded} packets",
+        t0.elapsed()
+    );
+    assert_eq!((wrong, silent), (0, 0), "{first:?}");
+    assert_eq!(
+        sum_counter(c, live, "dropped_unroutable") - unroutable,
+        0,
+        "no packet of a converged cluster is unroutable"
+    );
+    forwarded
+}
+
+/// After a change: every long-lived connection still echoes, and 200 new
+/// connections from `ports` are each answered by the owner node `ask`
+/// names; no client connection was answered by two nodes.
+fn after_change(c: &Cluster, outside: &Netns, conns: &mut [Conn], what: &str, ask: u8, ports: u16) {
+    let broken = echo_round(conns);
+    let (wrong, silent, first) = answered_by_owner(c, outside, ask, ports..ports + 200);
+    eprintln!(
+        "{what}: {} of {} long-lived connections broken; 200 new ones: {wrong} by another node than the owner, {silent} unanswered",
+        broken.len(),
+        conns.len()
+    );
+    assert!(broken.is_empty(), "{what}: broken connections {broken:?}");
+    assert_eq!((wrong, silent), (0, 0), "{what}: {first:?}");
+    c.assert_no_overlap(what);
+}
+
 fn sum_counter(c: &Cluster, ids: &[u8], name: &str) -> u64 {
     ids.iter()
         .filter_map(|&i| c.status(i))
@@ -533,43 +574,11 @@ fn every_connection_is_answered_by_its_owner_whatever_next_hop_the_router_picked
         dir,
     } = RoutedCluster::start();
 
-    // Until every node passed its first barrier (its own slots accept
-    // nothing before), a connection may need its SYN retransmitted.
-    let (wrong, _, first) = answered_by_owner(&c, &outside, 1, 19_900..19_950);
-    assert_eq!(wrong, 0, "{first:?}");
-    let unroutable = sum_counter(&c, &[1, 2, 3], "dropped_unroutable");
-    let forwarded = sum_counter(&c, &[1, 2, 3], "forwarded");
-
-    // 1,000 connections, each by its owner.
-    let t0 = Instant::now();
-    let (wrong, silent, first) = answered_by_owner(&c, &outside, 1, 20_000..21_000);
-    let forwarded = sum_counter(&c, &[1, 2, 3], "forwarded") - forwarded;
-    eprintln!(
-        "1,000 connections through the router in {:?}: {wrong} answered by another node than the owner, {silent} unanswered; {forwarded} packets forwarded between nodes",
-        t0.elapsed()
-    );
-    assert_eq!((wrong, silent), (0, 0), "{first:?}");
+    let forwarded = thousand_by_owner(&c, &outside, &[1, 2, 3], &[1, 2, 3]);
     assert!(forwarded > 0, "the router spread nothing over non-owners?");
-    assert_eq!(
-        sum_counter(&c, &[1, 2, 3], "dropped_unroutable") - unroutable,
-        0,
-        "no packet of a converged cluster is unroutable"
-    );
 
     let mut conns = open_outside(&outside, 30_000..30_040);
-    let check = |c: &Cluster, conns: &mut Vec<Conn>, what: &str, ask: u8, ports: u16| {
-        let broken = echo_round(conns);
-        let (wrong, silent, first) = answered_by_owner(c, &outside, ask, ports..ports + 200);
-        eprintln!(
-            "{what}: {} of {} long-lived connections broken; 200 new ones: {wrong} by another node than the owner, {silent} unanswered",
-            broken.len(),
-            conns.len()
-        );
-        assert!(broken.is_empty(), "{what}: broken connections {broken:?}");
-        assert_eq!((wrong, silent), (0, 0), "{what}: {first:?}");
-        c.assert_no_overlap(what);
-    };
-    check(&c, &mut conns, "before any change", 1, 21_000);
+    after_change(&c, &outside, &mut conns, "before any change", 1, 21_000);
 
     // A join: the router's ECMP set grows.
     c.start_agent(4);
@@ -582,7 +591,7 @@ fn every_connection_is_answered_by_its_owner_whatever_next_hop_the_router_picked
         BGP_UP,
         "join of node 4",
     );
-    check(&c, &mut conns, "after node 4 joined", 1, 22_000);
+    after_change(&c, &outside, &mut conns, "after node 4 joined", 1, 22_000);
 
     // A drain: node 1 withdraws, its connections are forwarded to it.
     let r = c.control(1, xnlb::control::Request::Drain { timeout_s: None });
@@ -596,7 +605,7 @@ fn every_connection_is_answered_by_its_owner_whatever_next_hop_the_router_picked
         "drain of node 1",
     );
     wait_serving(&c, &[1, 2, 3, 4], "4 nodes");
-    check(&c, &mut conns, "node 1 drained", 2, 23_000);
+    after_change(&c, &outside, &mut conns, "node 1 drained", 2, 23_000);
     let r = c.control(1, xnlb::control::Request::Resume);
     assert!(r.ok, "resume: {r:?}");
     wait_serving(&c, &[1, 2, 3, 4], "4 nodes");
@@ -608,7 +617,7 @@ fn every_connection_is_answered_by_its_owner_whatever_next_hop_the_router_picked
         BGP_UP,
         "resume of node 1",
     );
-    check(&c, &mut conns, "node 1 resumed", 1, 24_000);
+    after_change(&c, &outside, &mut conns, "node 1 resumed", 1, 24_000);
 
     // A heartbeat minority: node 3 withdraws and serves nothing new.
     isolate_heartbeats(&c, 3);
@@ -622,7 +631,7 @@ fn every_connection_is_answered_by_its_owner_whatever_next_hop_the_router_picked
     );
     wait_serving(&c, &[1, 2, 4], "majority");
     wait_buckets_moved(&c, 1, 3, "node 3 in a minority");
-    check(&c, &mut conns, "node 3 in a minority", 1, 25_000);
+    after_change(&c, &outside, &mut conns, "node 3 in a minority", 1, 25_000);
     heal_isolation(&c, 3);
     wait_serving(&c, &[1, 2, 3, 4], "4 nodes");
     expect_next_hops(
@@ -717,7 +726,7 @@ fn every_connection_is_answered_by_its_owner_whatever_next_hop_the_router_picked
     );
     wait_serving(&c, &[1, 3, 4], "survivors");
     wait_buckets_moved(&c, 1, 2, "node 2 killed");
-    check(&c, &mut conns, "node 2's agent killed", 1, 27_000);
+    after_change(&c, &outside, &mut conns, "node 2's agent killed", 1, 27_000);
     let unroutable = sum_counter(&c, &[1, 3, 4], "dropped_unroutable");
     eprintln!("unroutable drops at the end: {unroutable}");
 
@@ -835,23 +844,8 @@ fn a_member_on_another_subnet_is_reached_through_the_tunnel() {
             c.log_tail(id, 30)
         );
     }
-    let (wrong, _, first) = answered_by_owner(&c, &outside, 1, 19_900..19_950);
-    assert_eq!(wrong, 0, "{first:?}");
-    let all = [1, 2, 3, 4];
-    let (unroutable, forwarded4) = (
-        sum_counter(&c, &all, "dropped_unroutable"),
-        sum_counter(&c, &[4], "forwarded"),
-    );
-    let t0 = Instant::now();
-    let (wrong, silent, first) = answered_by_owner(&c, &outside, 1, 20_000..21_000);
-    let tunnelled = sum_counter(&c, &[4], "forwarded") - forwarded4;
-    eprintln!(
-        "1,000 connections over 4 nodes, one on another subnet, in {:?}: {wrong} answered by another node than the owner, {silent} unanswered; node 4 tunnelled {tunnelled} packets",
-        t0.elapsed()
-    );
-    assert_eq!((wrong, silent), (0, 0), "{first:?}");
+    let tunnelled = thousand_by_owner(&c, &outside, &[1, 2, 3, 4], &[4]);
     assert!(tunnelled > 0, "node 4 tunnelled nothing");
-    assert_eq!(sum_counter(&c, &all, "dropped_unroutable") - unroutable, 0);
 
     let mut conns = open_outside(&outside, 30_000..30_040);
     assert!(echo_round(&mut conns).is_empty());
@@ -867,16 +861,8 @@ fn a_member_on_another_subnet_is_reached_through_the_tunnel() {
     );
     wait_serving(&c, &[1, 2, 3], "survivors");
     wait_buckets_moved(&c, 1, 4, "node 4 killed");
-    let broken = echo_round(&mut conns);
-    let (wrong, silent, first) = answered_by_owner(&c, &outside, 1, 22_000..22_200);
-    eprintln!(
-        "node 4 killed: {} of {} long-lived connections broken ({on4} were on node 4); 200 new ones: {wrong} by another node than the owner, {silent} unanswered",
-        broken.len(),
-        conns.len()
-    );
-    assert!(broken.is_empty(), "{broken:?}");
-    assert_eq!((wrong, silent), (0, 0), "{first:?}");
-    c.assert_no_overlap("node 4 killed");
+    let what = format!("node 4 killed ({on4} long-lived connections were on it)");
+    after_change(&c, &outside, &mut conns, &what, 1, 22_000);
     drop(conns);
     drop(birds);
     let _ = std::fs::remove_dir_all(&dir);

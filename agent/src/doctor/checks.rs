@@ -208,7 +208,7 @@ fn forwarding(a: &AgentFacts) -> Vec<Finding> {
         .map(|(id, how)| match how {
             Some(how) => Finding::ok(
                 "forwarding",
-                format!("member {id} is reached {how} (routed VIPs)"),
+                format!("member {id} is {how} (routed VIPs)"),
             ),
             None => Finding::problem(
                 "forwarding",
@@ -491,8 +491,7 @@ mod tests {
         let (mut a, h) = healthy();
         a.vips[0].routed = true;
         a.vips[0].probes.insert(2, None);
-        a.forwarding
-            .insert(2, Some("on the segment at 02:00:00:00:00:02".into()));
+        a.forwarding.insert(2, Some("at 02:00:00:00:00:02".into()));
         assert!(problems(&a, &h).is_empty(), "{:?}", problems(&a, &h));
     }
 

@@ -101,18 +101,10 @@ impl Shell {
             serving
                 .iter()
                 .map(|&id| {
-                    let how = self.member_routes.get(&id).map(|r| {
-                        if r.kind == xnlb_common::route_kind::L2 {
-                            format!("on the segment at {}", mac_text(r.mac))
-                        } else {
-                            format!(
-                                "IPIP to {} via {}",
-                                std::net::Ipv4Addr::from(r.tunnel_dst.to_le_bytes()),
-                                mac_text(r.mac)
-                            )
-                        }
-                    });
-                    (id, how)
+                    (
+                        id,
+                        self.member_routes.get(&id).map(crate::forwarding::describe),
+                    )
                 })
                 .collect()
         } else {

@@ -349,16 +349,10 @@ impl Shell {
                 continue;
             }
             match new {
-                Some(r) if r.kind == xnlb_common::route_kind::L2 => info!(
-                    "routed mode: member {} is at {} on {interface}",
-                    m.id,
-                    crate::host::mac_text(r.mac)
-                ),
                 Some(r) => info!(
-                    "routed mode: member {} is on another subnet: IPIP to {} via {} on {interface}",
+                    "routed mode: member {} is {} on {interface}",
                     m.id,
-                    std::net::Ipv4Addr::from(r.tunnel_dst.to_le_bytes()),
-                    crate::host::mac_text(r.mac)
+                    crate::forwarding::describe(r)
                 ),
                 None => warn!(
                     "routed mode: member {} is not reachable from {interface} (no resolved address on its segment, no route through it); packets this node forwards to it drop",
