@@ -14,6 +14,7 @@ pub mod classify;
 pub mod forward;
 pub mod hash;
 pub mod layout;
+pub mod lease_clock;
 pub mod verdict;
 pub mod wire;
 

@@ -4,9 +4,7 @@
 //! [`crate::l3::ipv6`] hands them to the responder once the IPv6 header
 //! proved to be one.
 
-use xnlb_common::{
-    counter, ctrl, ethertype, mac_mode, shim, ETH_HLEN, MAX_VLAN_DEPTH, VLAN_HLEN,
-};
+use xnlb_common::{counter, ctrl, ethertype, mac_mode, shim, ETH_HLEN, MAX_VLAN_DEPTH, VLAN_HLEN};
 
 use crate::drop_log::{why, Stats};
 use crate::l3::{self, L2Frame};

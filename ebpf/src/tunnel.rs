@@ -101,7 +101,11 @@ pub fn encapsulate(
     route: &MemberRoute,
     stats: Stats,
 ) -> u32 {
-    let expected = if hop == 0 { ETH_HLEN } else { ETH_HLEN + shim::LEN };
+    let expected = if hop == 0 {
+        ETH_HLEN
+    } else {
+        ETH_HLEN + shim::LEN
+    };
     let len = f.end - f.start;
     if l3 != expected || len < l3 || len - l3 + tunnel::OUTER_LEN > 0xffff {
         return unroutable(stats);

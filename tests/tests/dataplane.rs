@@ -139,6 +139,71 @@ fn an_expired_lease_fences_every_vip_packet_but_not_other_traffic() {
     assert_eq!(fx.run(&vip4).action, PASS);
 }
 
+/// The program trusts a lease without a precise clock read only while
+/// jiffies stand still since its last reading, for at most `MAX_USES`
+/// packets, and with more than `TRUST_NS` left (`common/src/lease_clock.rs`):
+/// a lease still ends on time, to the packet, and a revoked one at once.
+/// Packets 5 ms apart, so `MAX_USES` of them span longer than the reading
+/// could be trusted: a program that skipped the jiffies check fails here.
+#[test]
+fn a_lease_ends_on_time_though_the_program_keeps_its_clock_reading() {
+    use std::time::{Duration, Instant};
+    use xnlb_common::lease_clock::TRUST_NS;
+    let mut fx = Fixture::new();
+    fx.serve(&table(slot_state::OWNED));
+    let syn = frame(
+        CMAC4,
+        client4(1),
+        VIP4.into(),
+        &tcp(1000, 80, SYN),
+        &IpOpts::default(),
+    );
+    // Revoked while a reading with a long lease left is kept.
+    fx.dp
+        .set_lease(xnlb::dataplane::boottime_ns() + 10_000_000_000)
+        .expect("lease");
+    assert_eq!(fx.run(&syn).action, PASS);
+    assert_eq!(fx.run(&syn).action, PASS);
+    fx.dp.set_lease(0).expect("lease");
+    assert_eq!(
+        fx.run(&syn).action,
+        DROP,
+        "a revoked lease must fence at once"
+    );
+    // Runs out while the first reading had more than TRUST_NS left.
+    let lease = xnlb::dataplane::boottime_ns() + TRUST_NS + 30_000_000;
+    fx.dp.set_lease(lease).expect("lease");
+    let deadline = Instant::now() + Duration::from_millis(450);
+    let (mut passed, mut dropped_after) = (0, 0);
+    while Instant::now() < deadline {
+        let before = xnlb::dataplane::boottime_ns();
+        let action = fx.run(&syn).action;
+        let after = xnlb::dataplane::boottime_ns();
+        if after < lease {
+            assert_eq!(
+                action,
+                PASS,
+                "dropped {} ms before the lease's end",
+                (lease - after) / 1_000_000
+            );
+            passed += 1;
+        } else if before >= lease {
+            assert_eq!(
+                action,
+                DROP,
+                "accepted {} us after the lease's end",
+                (before - lease) / 1_000
+            );
+            dropped_after += 1;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        passed > 10 && dropped_after > 10,
+        "{passed} before, {dropped_after} after"
+    );
+}
+
 #[test]
 fn vlan_tags_and_ipv4_options_do_not_change_the_verdict() {
     let mut fx = Fixture::new();

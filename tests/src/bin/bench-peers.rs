@@ -26,7 +26,9 @@
 //! sender offered, and nothing of the sender's own work. Every measurement
 //! gets fresh namespaces (no conntrack entry or hook survives into the
 //! next), runs are interleaved (drift on a shared machine hits every
-//! receiver alike), and the median and the spread of the runs are shown.
+//! receiver alike), and the median and the spread of the runs are shown;
+//! each ratio is given twice, of the medians and run by run (the median and
+//! spread of the ratios of the two receivers' samples in the same pass).
 //!
 //! Options (after `cargo xtask bench peers --`): `--runs N` (default 5),
 //! `--traffic random|fixed|both` (default both), `--only
@@ -260,7 +262,9 @@ fn main() {
             println!("| {} | {} |", r.name(f), cells.join(" | "));
         }
         for x in (0..r.xnlb.len()).map(Filter::Xnlb) {
-            let Some(_) = idx(x, 0) else { continue };
+            if !args.owned.iter().any(|&q| idx(x, q).is_some()) {
+                continue;
+            }
             let ratio = |other: Filter, q: u32, inverse: bool| -> String {
                 match (idx(x, q), idx(other, q)) {
                     (Some(a), Some(b)) if ns[a] > 0.0 && ns[b] > 0.0 => {
@@ -269,7 +273,27 @@ fn main() {
                         } else {
                             ns[a] / ns[b]
                         };
-                        format!("{v:.2}x")
+                        // The same ratio run by run (both measured in the
+                        // same pass over the configurations): drift of the
+                        // shared machine between passes cancels out.
+                        let per_run: Vec<f64> = samples[a]
+                            .iter()
+                            .zip(&samples[b])
+                            .map(|(x, y)| {
+                                let (x, y) = (x.ns_per_pkt, y.ns_per_pkt);
+                                if inverse {
+                                    y / x
+                                } else {
+                                    x / y
+                                }
+                            })
+                            .collect();
+                        let lo = per_run.iter().copied().fold(f64::INFINITY, f64::min);
+                        let hi = per_run.iter().copied().fold(0.0, f64::max);
+                        format!(
+                            "{v:.2}x (run by run {:.2}x, {lo:.2}-{hi:.2})",
+                            median(&per_run)
+                        )
                     }
                     _ => "-".into(),
                 }
