@@ -27,6 +27,10 @@ pub mod map_name {
     /// The program itself, at index 0: a decapsulated packet is judged
     /// again from the start by a tail call.
     pub const JUMP: &str = "XNLB_JUMP";
+    /// Per-CPU [`crate::lease_clock::Reading`]: the lease check's last
+    /// precise clock reading (not pinned: each program instance has its
+    /// own).
+    pub const CLOCK: &str = "XNLB_CLOCK";
 }
 
 /// Name of the filtering XDP program in the object.
@@ -617,6 +621,7 @@ mod pod {
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::MemberRoute {}
+    unsafe impl aya::Pod for crate::lease_clock::Reading {}
 }
 
 #[cfg(test)]

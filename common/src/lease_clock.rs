@@ -1,31 +1,39 @@
 //! When the XDP program may trust the lease without reading the precise
-//! clock (docs/SAFETY.md, S3, "Reading the clock").
+//! clock (docs/SAFETY.md, S3, "Reading the clock once a tick").
 //!
 //! A precise CLOCK_BOOTTIME read costs ~60 ns per accepted packet in a VM
 //! (a serialized TSC read, `bench dataplane`), more than the rest of the
 //! owned path. So the program keeps, per CPU, its last precise reading and
-//! the jiffies counter (one load, inlined by the verifier) seen just before
+//! the jiffies counter (one load, inlined by the verifier) read just before
 //! it, and accepts on that reading alone while:
-//! - jiffies have not moved: the kernel advances them every tick (1-10 ms)
-//!   on a CPU that is handling packets, and repairs a stalled timekeeping
-//!   CPU from another CPU's tick after five ticks (since Linux 5.17), so
-//!   less than [`TRUST_NS`] has passed since the reading;
+//! - jiffies have not moved. The timekeeping CPU advances them every tick
+//!   (1-10 ms); when it goes idle another CPU's tick takes the duty over,
+//!   and since Linux 5.18 (stable 5.10.193, 5.15.y) a CPU whose own ticks
+//!   see jiffies stand still for five ticks advances them itself (best
+//!   effort: about six tick periods, 60 ms at HZ 100). So in any normal
+//!   run less than [`TRUST_NS`] has passed since the reading;
 //! - the reading had more than [`TRUST_NS`] of lease left, so the lease is
 //!   still valid now;
-//! - it has been used for fewer than [`MAX_USES`] packets: a pause that
-//!   no tick has followed yet (a VM resumed by its hypervisor, a host
-//!   resumed from suspend) is invisible to jiffies, and this bounds what a
-//!   CPU accepts on a stale reading before it reads the clock again to
-//!   [`MAX_USES`] packets (the same order as the packets already in flight
-//!   between the program and the stack at such a pause, up to a NAPI budget
-//!   of 64 per CPU, which no clock check can take back).
+//! - it has admitted fewer than [`MAX_USES`] packets.
+//!
+//! The last two bound the harm whatever the clocks do: a reading can be
+//! trusted past the lease's end only if it was taken more than
+//! [`TRUST_NS`] before that end, every reading taken later is refused, and
+//! each admits at most [`MAX_USES`] packets. So even with jiffies stuck
+//! (a stalled timekeeping vCPU, a pause no tick has followed yet: a VM
+//! resumed by its hypervisor, a host back from suspend) a CPU accepts at
+//! most [`MAX_USES`] packets after its lease ended, the same order as the
+//! packets already in flight between the program and the stack at such a
+//! pause (up to a NAPI budget of 64 per CPU), which no clock check can take
+//! back.
 //!
 //! Otherwise (a tick passed, the lease is close to its end or revoked, or
 //! the reading is used up) the program reads the precise clock, as before:
 //! the node still stops accepting at the lease's end, not later.
 
-/// The most time that can pass with jiffies standing still while this CPU
-/// handles packets, with a wide margin: five ticks at HZ 100 is 50 ms.
+/// How long jiffies may stand still while this CPU handles packets, with a
+/// wide margin (see the module documentation: about six tick periods, 60 ms
+/// at HZ 100, when the timekeeping CPU stalls).
 pub const TRUST_NS: u64 = 100_000_000;
 
 /// Packets one precise reading may admit (see the module documentation).

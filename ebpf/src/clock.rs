@@ -39,9 +39,17 @@ pub fn standing() -> Standing {
     let Some(last) = XNLB_CLOCK.get_ptr_mut(0) else {
         return standing_at(precise(), lease);
     };
-    // SAFETY: this CPU's slot of a per-CPU map, valid for this run; XDP
-    // runs with migration off, so nothing else writes it meanwhile.
+    // SAFETY: this CPU's slot of a per-CPU map, valid for this run. XDP
+    // runs with bottom halves off (NAPI softirq, threaded NAPI, cpumap),
+    // so no other run of the filter on this CPU interleaves with this one.
+    // (`BPF_PROG_TEST_RUN` only disables migration: two test runs on one
+    // CPU could tear the reading; the agent never test-runs the live
+    // program, and every test fixture has maps of its own.)
     let last = unsafe { &mut *last };
+    // Jiffies first, then the precise clock: the reading's time is then
+    // no older than its jiffies value. The other order would let a CPU
+    // held up between the two reads (a preempted vCPU) pair an old time
+    // with new jiffies and trust it for a whole tick.
     // SAFETY: a helper call with no arguments (a load of jiffies_64 once
     // the verifier has inlined it).
     let jiffies = unsafe { bpf_jiffies64() };

@@ -143,11 +143,15 @@ fn an_expired_lease_fences_every_vip_packet_but_not_other_traffic() {
 /// jiffies stand still since its last reading, for at most `MAX_USES`
 /// packets, and with more than `TRUST_NS` left (`common/src/lease_clock.rs`):
 /// a lease still ends on time, to the packet, and a revoked one at once.
-/// Packets 5 ms apart, so `MAX_USES` of them span longer than the reading
-/// could be trusted: a program that skipped the jiffies check fails here.
+/// Packets come in pairs that share a tick (so the kept reading is used:
+/// checked through the per-CPU map), 10 ms apart, so `MAX_USES` of them
+/// span longer than the lease has left at the first reading: a program
+/// that skipped the jiffies check would still trust that reading after the
+/// lease's end, and fails here (checked with such a build).
 #[test]
 fn a_lease_ends_on_time_though_the_program_keeps_its_clock_reading() {
     use std::time::{Duration, Instant};
+    use xnlb::dataplane::boottime_ns;
     use xnlb_common::lease_clock::TRUST_NS;
     let mut fx = Fixture::new();
     fx.serve(&table(slot_state::OWNED));
@@ -160,7 +164,7 @@ fn a_lease_ends_on_time_though_the_program_keeps_its_clock_reading() {
     );
     // Revoked while a reading with a long lease left is kept.
     fx.dp
-        .set_lease(xnlb::dataplane::boottime_ns() + 10_000_000_000)
+        .set_lease(boottime_ns() + 10_000_000_000)
         .expect("lease");
     assert_eq!(fx.run(&syn).action, PASS);
     assert_eq!(fx.run(&syn).action, PASS);
@@ -171,36 +175,53 @@ fn a_lease_ends_on_time_though_the_program_keeps_its_clock_reading() {
         "a revoked lease must fence at once"
     );
     // Runs out while the first reading had more than TRUST_NS left.
-    let lease = xnlb::dataplane::boottime_ns() + TRUST_NS + 30_000_000;
+    let lease = boottime_ns() + TRUST_NS + 30_000_000;
     fx.dp.set_lease(lease).expect("lease");
-    let deadline = Instant::now() + Duration::from_millis(450);
-    let (mut passed, mut dropped_after) = (0, 0);
-    while Instant::now() < deadline {
-        let before = xnlb::dataplane::boottime_ns();
-        let action = fx.run(&syn).action;
-        let after = xnlb::dataplane::boottime_ns();
-        if after < lease {
-            assert_eq!(
-                action,
-                PASS,
-                "dropped {} ms before the lease's end",
-                (lease - after) / 1_000_000
-            );
-            passed += 1;
-        } else if before >= lease {
-            assert_eq!(
-                action,
-                DROP,
-                "accepted {} us after the lease's end",
-                (before - lease) / 1_000
-            );
-            dropped_after += 1;
+    let deadline =
+        Instant::now() + Duration::from_nanos(lease - boottime_ns()) + Duration::from_secs(1);
+    let (mut passed, mut dropped_after, mut stalls, mut most_uses) = (0, 0, 0, 0);
+    let mut prev_after = boottime_ns();
+    while dropped_after < 20 && Instant::now() < deadline {
+        for _ in 0..2 {
+            let before = boottime_ns();
+            let action = fx.run(&syn).action;
+            let after = boottime_ns();
+            // A VM stall of this size may stop jiffies too; what the
+            // program then admits is bounded (SAFETY.md), not checked here.
+            if before - prev_after > 50_000_000 {
+                stalls += 1;
+            } else if after < lease {
+                assert_eq!(
+                    action,
+                    PASS,
+                    "dropped {} ms before the lease's end",
+                    (lease - after) / 1_000_000
+                );
+                passed += 1;
+            } else if before >= lease {
+                assert_eq!(
+                    action,
+                    DROP,
+                    "accepted {} us after the lease's end",
+                    (before - lease) / 1_000
+                );
+                dropped_after += 1;
+            }
+            prev_after = after;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        if boottime_ns() < lease {
+            let uses = fx.dp.clock_readings().expect("clock readings");
+            most_uses = most_uses.max(uses.iter().map(|r| r.uses).max().unwrap_or(0));
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
     assert!(
-        passed > 10 && dropped_after > 10,
-        "{passed} before, {dropped_after} after"
+        passed >= 3 && dropped_after >= 20,
+        "{passed} before, {dropped_after} after the lease's end ({stalls} after a stall)"
+    );
+    assert!(
+        most_uses >= 1,
+        "no packet was accepted on a kept reading: the test did not exercise it"
     );
 }
 

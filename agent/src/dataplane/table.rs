@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 use aya::maps::{Array, MapData, PerCpuArray, ProgramArray};
 use aya::programs::Xdp;
 use aya::{Ebpf, EbpfLoader};
+use xnlb_common::lease_clock::Reading;
 use xnlb_common::{
     ctrl, map_name, route_kind, Counters, MemberRoute, Table, LAYOUT_VERSION, MAX_BUCKETS,
     MAX_VIPS, PROG_FILTER, PROG_PROBE,
@@ -276,6 +277,17 @@ impl Dataplane {
             }
         }
         Ok(sum)
+    }
+
+    /// Each CPU's last precise clock reading of the lease check
+    /// ([`xnlb_common::lease_clock`]): how often the program read the clock
+    /// (tests, diagnostics).
+    pub fn clock_readings(&self) -> Result<Vec<Reading>, DataplaneError> {
+        let map = self.map(map_name::CLOCK)?;
+        let readings: PerCpuArray<&MapData, Reading> =
+            PerCpuArray::try_from(map).map_err(map_err(map_name::CLOCK))?;
+        let per_cpu = readings.get(&0, 0).map_err(map_err(map_name::CLOCK))?;
+        Ok(per_cpu.iter().copied().collect())
     }
 
     /// Removes the pinned maps (after [`Dataplane::detach`], on a graceful
