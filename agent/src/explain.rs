@@ -281,6 +281,7 @@ pub fn explain(table: &Table, flow: &FlowSpec, lease: Lease) -> Option<Explanati
             at(&table.owner),
             [at(&table.holder), at(&table.holder2)],
             table.fallback,
+            0,
             kind,
             || lease == Lease::Valid,
         )

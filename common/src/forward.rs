@@ -21,7 +21,11 @@
 //! on again while its first handoff is still open) are visited in order
 //! after the owner: router → any node → owner → first holder → second
 //! holder, each passing the packet on only if its kernel does not hold
-//! the connection. The frame carries how many times it was forwarded
+//! the connection. The owner always comes first: a first holder that got a
+//! connection's packet straight from the router (not yet forwarded) sends
+//! it to the owner, which may hold it (a connection it took during the
+//! handoff), not on to the second holder; only what comes forwarded (from
+//! the owner's tour) goes on to the second holder. The frame carries how many times it was forwarded
 //! (`shim`, or the tunnel's outer identification) and is dropped past
 //! [`MAX_HOPS`], and never sent straight back to the node it came from, so
 //! a disagreement between nodes' epochs drops a packet, never loops it.
@@ -39,7 +43,8 @@ pub const MAX_HOPS: u8 = 4;
 
 /// The member to forward a packet of `kind` to, given this node's id
 /// `me`, the slot's `owner` and lingering `holders` (in tour order,
-/// [`NO_MEMBER`] for none), and the table's `fallback`; `None`: drop.
+/// [`NO_MEMBER`] for none), the table's `fallback`, and how many times the
+/// packet was forwarded already (`hop`: 0 from the router); `None`: drop.
 /// `serving` says whether the lease is valid; it is asked only when this
 /// node owns the slot (the program then reads the clock; a packet for
 /// another node's slot does not).
@@ -49,6 +54,7 @@ pub fn forward_target(
     owner: u8,
     holders: [u8; 2],
     fallback: u8,
+    hop: u8,
     kind: PacketKind,
     serving: impl FnOnce() -> bool,
 ) -> Option<u8> {
@@ -70,8 +76,11 @@ pub fn forward_target(
         } else {
             NO_MEMBER
         }
-    } else if conn && me == h0 && listed(h1) {
-        // The first holder does not hold it: the next one.
+    } else if conn && me == h0 && listed(h1) && hop > 0 {
+        // The first holder does not hold what the owner's tour brought it:
+        // the next one. (Only the owner, or a node past its lease through
+        // its fallback, forwards to a first holder; straight from the
+        // router it goes to the owner first, below.)
         h1
     } else {
         owner
@@ -92,8 +101,9 @@ mod tests {
 
     #[test]
     fn packets_go_to_the_owner_then_through_the_holders() {
+        // A packet forwarded once already (the tour's step).
         let t = |me, owner, h: [u8; 2], kind, serving: bool| {
-            forward_target(me, owner, h, 9, kind, || serving)
+            forward_target(me, owner, h, 9, 1, kind, || serving)
         };
         // Not ours: the owner, whatever the kind or the holders.
         for kind in [TcpSyn, TcpOther, Connectionless] {
@@ -116,10 +126,38 @@ mod tests {
         assert_eq!(t(1, 1, [3, NONE], TcpOther, false), Some(9));
         // Nobody owns it, or nobody to go to.
         assert_eq!(t(1, NONE, [3, 4], TcpOther, false), None);
-        assert_eq!(forward_target(1, 1, [1, 1], 1, TcpOther, || false), None);
+        assert_eq!(forward_target(1, 1, [1, 1], 1, 1, TcpOther, || false), None);
         assert_eq!(
-            forward_target(1, 1, [NONE, NONE], NONE, TcpSyn, || false),
+            forward_target(1, 1, [NONE, NONE], NONE, 1, TcpSyn, || false),
             None
+        );
+    }
+
+    #[test]
+    fn a_holder_sends_a_connection_from_the_router_to_the_owner_first() {
+        // Member 3 first holder, 4 second, 1 owner: straight from the
+        // router (hop 0) the owner may hold it; from the owner's tour, the
+        // second holder.
+        assert_eq!(
+            forward_target(3, 1, [3, 4], 9, 0, TcpOther, || true),
+            Some(1)
+        );
+        assert_eq!(
+            forward_target(3, 1, [3, 4], 9, 1, TcpOther, || true),
+            Some(4)
+        );
+        assert_eq!(
+            forward_target(3, 1, [3, 4], 9, 2, TcpOther, || true),
+            Some(4)
+        );
+        // The second holder and the owner do not look at the hop.
+        assert_eq!(
+            forward_target(4, 1, [3, 4], 9, 0, TcpOther, || true),
+            Some(1)
+        );
+        assert_eq!(
+            forward_target(1, 1, [3, 4], 9, 0, TcpOther, || true),
+            Some(3)
         );
     }
 }

@@ -258,9 +258,11 @@ impl VipPacket {
             return unroutable();
         }
         let holders = [t.holder[slot], t.holder2[slot]];
-        let Some(target) = forward_target(t.me, t.owner[slot], holders, t.fallback, kind, || {
-            serving.unwrap_or_else(lease_valid)
-        }) else {
+        let Some(target) =
+            forward_target(t.me, t.owner[slot], holders, t.fallback, hop, kind, || {
+                serving.unwrap_or_else(lease_valid)
+            })
+        else {
             return unroutable();
         };
         let (Some(mut route), Some(eth), Some(ours)) = (

@@ -205,6 +205,18 @@ fn the_first_holder_sends_what_it_does_not_hold_to_the_second() {
     // A new connection: to the owner.
     let out = fx.run(&from_router(vip, client, &tcp(port, 80, SYN)));
     assert_eq!((out.action, &out.frame[..6]), (TX, &MAC2[..]));
+    // A connection's packet straight from the router has not been to the
+    // owner yet, which may hold it (a connection it took during the
+    // handoff): to the owner first, not along the holders. (Sent to member
+    // 4, a frozen second holder, such packets were lost: the routed test's
+    // frozen phase.)
+    let out = fx.run(&from_router(vip, client, &tcp(port, 80, ACK)));
+    assert_eq!(
+        (out.action, &out.frame[..6]),
+        (TX, &MAC2[..]),
+        "a connection's packet from the router must go to the owner first"
+    );
+    assert_eq!(out.frame[12..16], shim(1));
 }
 
 #[test]
