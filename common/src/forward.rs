@@ -25,10 +25,12 @@
 //! connection's packet straight from the router (not yet forwarded) sends
 //! it to the owner, which may hold it (a connection it took during the
 //! handoff), not on to the second holder; only what comes forwarded (from
-//! the owner's tour) goes on to the second holder. The frame carries how many times it was forwarded
-//! (`shim`, or the tunnel's outer identification) and is dropped past
-//! [`MAX_HOPS`], and never sent straight back to the node it came from, so
-//! a disagreement between nodes' epochs drops a packet, never loops it.
+//! the owner's tour) goes on to the second holder.
+//!
+//! The frame carries how many times it was forwarded (`shim`, or the
+//! tunnel's outer identification) and is dropped past [`MAX_HOPS`], and
+//! never sent straight back to the node it came from, so a disagreement
+//! between nodes' epochs drops a packet, never loops it.
 //! Each node accepts only what its own verdict accepts, so the nodes that
 //! see a packet are a subset of flood mode's and at most one of them
 //! accepts it (S1 is flood mode's).
