@@ -398,7 +398,7 @@ fn forwarded(mut v: PacketVerdict, target: Option<u8>) -> PacketVerdict {
     use counter::*;
     let (to, counters) = match target {
         Some(n) => (
-            format!("forwarded to node {n} (routed VIP)"),
+            format!("forwarded to node {n} (routed VIP; a packet from the router)"),
             names(&[VIP_PACKETS, FORWARDED]),
         ),
         None => (

@@ -13,9 +13,10 @@
 //! - this node is past its lease and its table names itself the owner
 //!   (its buckets have moved on without it): to a live member of its last
 //!   table, which forwards it to the owner it knows;
-//! - the target is the node the packet came from (a holder whose next
-//!   holder sent it): to the owner instead (the program's part: it alone
-//!   sees where a frame came from).
+//! - the target is the node the packet came from: the owner whose first
+//!   holder brought it (straight from the router) sends it on to the
+//!   second holder; a holder whose next holder sent it, to the owner (the
+//!   program's part: it alone sees where a frame came from).
 //!
 //! The previous holders of a slot (at most two are listed: a bucket handed
 //! on again while its first handoff is still open) are visited in order
@@ -38,9 +39,12 @@
 use crate::layout::NO_MEMBER;
 use crate::verdict::PacketKind;
 
-/// How many times a packet may be forwarded in all: a router's choice,
-/// the owner, two holders; one more for a node past its lease handing its
-/// stale slot to its fallback.
+/// How many times a packet may be forwarded in all. The longest tours that
+/// can end in a node holding the connection take four: the router's
+/// choice, the owner, the first and the second holder; a node past its
+/// lease, its fallback, the owner, a holder; or (through the tunnel, where
+/// no frame shows where it came from) the first holder, the owner, the
+/// first holder again, the second.
 pub const MAX_HOPS: u8 = 4;
 
 /// The member to forward a packet of `kind` to, given this node's id
@@ -79,10 +83,10 @@ pub fn forward_target(
             NO_MEMBER
         }
     } else if conn && me == h0 && listed(h1) && hop > 0 {
-        // The first holder does not hold what the owner's tour brought it:
-        // the next one. (Only the owner, or a node past its lease through
-        // its fallback, forwards to a first holder; straight from the
-        // router it goes to the owner first, below.)
+        // The first holder does not hold what came forwarded (normally
+        // the owner's tour; also a node past its lease through its
+        // fallback, or one whose table is behind): the next one. Straight
+        // from the router it goes to the owner first, below.
         h1
     } else {
         owner

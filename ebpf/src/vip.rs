@@ -7,7 +7,7 @@
 use xnlb_common::{
     counter, ctrl, ethertype, family, flow_hash, forward_target, frag, mac_mode, match_rule, mode,
     route_kind, shim, slot_state, FlowWords, FragKey, PacketKind, Table, Vip, ETH_HLEN, MAX_HOPS,
-    MAX_SLOTS, MAX_VIPS,
+    MAX_SLOTS, MAX_VIPS, NO_MEMBER,
 };
 
 use aya_ebpf::helpers::bpf_xdp_adjust_head;
@@ -272,14 +272,24 @@ impl VipPacket {
         ) else {
             return unroutable();
         };
-        // Never straight back to where it came from: to the owner instead
-        // (a holder that got it from the next holder), or nowhere (two
-        // nodes whose epochs disagree would bounce it to the bound).
+        // Never straight back to where it came from. The owner whose first
+        // holder brought it (from the router: the owner comes first) sends
+        // it on to the second holder; a holder that got it from the next
+        // holder, to the owner; else nowhere (two nodes whose epochs
+        // disagree would bounce it to the bound).
         let from = eth.read_mac(6);
         if route.kind == route_kind::L2 && from == route.mac {
             let owner = t.owner[slot];
-            match XNLB_MEMBERS.get(owner as u32) {
-                Some(r) if owner != target && owner != t.me && r.mac != from => route = r,
+            let [h0, h1] = holders;
+            let instead = if owner == t.me && target == h0 && h1 != NO_MEMBER && h1 != t.me {
+                h1
+            } else if owner != target && owner != t.me {
+                owner
+            } else {
+                return unroutable();
+            };
+            match XNLB_MEMBERS.get(instead as u32) {
+                Some(r) if r.mac != from => route = r,
                 _ => return unroutable(),
             }
         }

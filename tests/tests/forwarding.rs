@@ -180,6 +180,38 @@ fn the_owner_sends_a_connection_it_does_not_hold_to_the_previous_holder() {
 }
 
 #[test]
+fn the_owner_sends_what_the_first_holder_brought_it_on_to_the_second() {
+    // Two previous holders, 3 then 4. The router handed a connection's
+    // packet to 3, which does not hold it and sent it here first (the
+    // owner may hold it); this node does not either: not back to 3, on to
+    // 4, which may (a connection of a bucket moved twice in one handoff).
+    let mut t = routed_table();
+    for s in 0..t.state.len() {
+        if t.state[s] == slot_state::OWNED {
+            t.state[s] = slot_state::ACQUIRING;
+            t.holder2[s] = 4;
+        }
+    }
+    let mut fx = fixture(&t);
+    let mac4 = [0x02, 0, 0, 0, 0, 4];
+    fx.dp.set_member_mac(4, Some(mac4)).expect("member mac");
+    let vip = IpAddr::from(VIP4);
+    let client = client4(5);
+    let ours = port_in(&t, vip, client, ipproto::TCP, 80, slot_state::ACQUIRING);
+    let pkt = from_router(vip, client, &tcp(ours, 80, ACK));
+    let out = fx.run(&forwarded(&pkt, MAC3, 1));
+    assert_eq!(
+        (out.action, &out.frame[..6]),
+        (TX, &mac4[..]),
+        "what the first holder brought must go on to the second, not be dropped"
+    );
+    assert_eq!(out.frame[12..16], shim(2));
+    // From the router: the first holder, as before.
+    let out = fx.run(&pkt);
+    assert_eq!((out.action, &out.frame[..6]), (TX, &MAC3[..]));
+}
+
+#[test]
 fn the_first_holder_sends_what_it_does_not_hold_to_the_second() {
     // This node (3) is the first of two previous holders of every slot
     // (member 2 owns them, member 4 holds them too).
