@@ -13,10 +13,11 @@
 //! - this node is past its lease and its table names itself the owner
 //!   (its buckets have moved on without it): to a live member of its last
 //!   table, which forwards it to the owner it knows;
-//! - the target is the node the packet came from: the owner whose first
-//!   holder brought it (straight from the router) sends it on to the
-//!   second holder; a holder whose next holder sent it, to the owner (the
-//!   program's part: it alone sees where a frame came from).
+//! - the target is the node the packet came from
+//!   ([`instead_of_straight_back`]; the program asks, as it alone sees where
+//!   a frame came from): the owner whose first holder brought it (straight
+//!   from the router) sends it on to the second holder; a holder whose next
+//!   holder sent it, to the owner.
 //!
 //! The previous holders of a slot (at most two are listed: a bucket handed
 //! on again while its first handoff is still open) are visited in order
@@ -66,7 +67,6 @@ pub fn forward_target(
 ) -> Option<u8> {
     let conn = kind == PacketKind::TcpOther;
     let [h0, h1] = holders;
-    let listed = |h: u8| h != NO_MEMBER && h != me;
     let target = if owner == NO_MEMBER {
         NO_MEMBER
     } else if owner == me {
@@ -75,14 +75,14 @@ pub fn forward_target(
         // connection's packet tours the holders.
         if !serving() {
             fallback
-        } else if conn && listed(h0) {
+        } else if conn && listed(h0, me) {
             h0
-        } else if conn && listed(h1) {
+        } else if conn && listed(h1, me) {
             h1
         } else {
             NO_MEMBER
         }
-    } else if conn && me == h0 && listed(h1) && hop > 0 {
+    } else if conn && me == h0 && listed(h1, me) && hop > 0 {
         // The first holder does not hold what came forwarded (normally
         // the owner's tour; also a node past its lease through its
         // fallback, or one whose table is behind): the next one. Straight
@@ -96,6 +96,29 @@ pub fn forward_target(
     } else {
         Some(target)
     }
+}
+
+/// Where to send a packet instead when [`forward_target`]'s `target` is
+/// the node the packet came from (never straight back): the owner whose
+/// first holder brought it sends it on to the second holder; anyone else,
+/// to the owner; `None`: drop (nowhere left, or two nodes whose epochs
+/// disagree would bounce it to the bound).
+#[inline(always)]
+pub fn instead_of_straight_back(me: u8, owner: u8, holders: [u8; 2], target: u8) -> Option<u8> {
+    let [h0, h1] = holders;
+    if owner == me && target == h0 && listed(h1, me) {
+        Some(h1)
+    } else if owner != target && owner != me {
+        Some(owner)
+    } else {
+        None
+    }
+}
+
+/// Whether holder `h` names a member other than `me`.
+#[inline(always)]
+fn listed(h: u8, me: u8) -> bool {
+    h != NO_MEMBER && h != me
 }
 
 #[cfg(test)]
@@ -144,26 +167,25 @@ mod tests {
         // Member 3 first holder, 4 second, 1 owner: straight from the
         // router (hop 0) the owner may hold it; from the owner's tour, the
         // second holder.
-        assert_eq!(
-            forward_target(3, 1, [3, 4], 9, 0, TcpOther, || true),
-            Some(1)
-        );
-        assert_eq!(
-            forward_target(3, 1, [3, 4], 9, 1, TcpOther, || true),
-            Some(4)
-        );
-        assert_eq!(
-            forward_target(3, 1, [3, 4], 9, 2, TcpOther, || true),
-            Some(4)
-        );
+        let at = |me, hop| forward_target(me, 1, [3, 4], 9, hop, TcpOther, || true);
+        assert_eq!(at(3, 0), Some(1));
+        assert_eq!(at(3, 1), Some(4));
+        assert_eq!(at(3, 2), Some(4));
         // The second holder and the owner do not look at the hop.
-        assert_eq!(
-            forward_target(4, 1, [3, 4], 9, 0, TcpOther, || true),
-            Some(1)
-        );
-        assert_eq!(
-            forward_target(1, 1, [3, 4], 9, 0, TcpOther, || true),
-            Some(3)
-        );
+        assert_eq!(at(4, 0), Some(1));
+        assert_eq!(at(1, 0), Some(3));
+    }
+
+    #[test]
+    fn a_packet_never_goes_straight_back() {
+        // The owner (1) whose first holder (3) brought it: the second (4).
+        assert_eq!(instead_of_straight_back(1, 1, [3, 4], 3), Some(4));
+        // ... with no second holder: nowhere.
+        assert_eq!(instead_of_straight_back(1, 1, [3, NONE], 3), None);
+        // A holder whose next holder sent it: the owner.
+        assert_eq!(instead_of_straight_back(3, 1, [3, 4], 4), Some(1));
+        // The target is the owner itself, or this node owns it: nowhere.
+        assert_eq!(instead_of_straight_back(3, 1, [3, 4], 1), None);
+        assert_eq!(instead_of_straight_back(1, 1, [3, 4], 4), None);
     }
 }

@@ -19,7 +19,7 @@ pub mod verdict;
 pub mod wire;
 
 pub use classify::{compile_rules, match_rule, rule_index, scan_rules, RuleMatch};
-pub use forward::{forward_target, MAX_HOPS};
+pub use forward::{forward_target, instead_of_straight_back, MAX_HOPS};
 pub use hash::{bucket_of, flow_hash, seed_from_name, FlowWords};
 pub use layout::*;
 pub use verdict::{holding_verdict, slot_verdict, standing, PacketKind, SlotVerdict, Standing};

@@ -5,9 +5,9 @@
 //! [`crate::verdict`].
 
 use xnlb_common::{
-    counter, ctrl, ethertype, family, flow_hash, forward_target, frag, mac_mode, match_rule, mode,
-    route_kind, shim, slot_state, FlowWords, FragKey, PacketKind, Table, Vip, ETH_HLEN, MAX_HOPS,
-    MAX_SLOTS, MAX_VIPS, NO_MEMBER,
+    counter, ctrl, ethertype, family, flow_hash, forward_target, frag, instead_of_straight_back,
+    mac_mode, match_rule, mode, route_kind, shim, slot_state, FlowWords, FragKey, PacketKind,
+    Table, Vip, ETH_HLEN, MAX_HOPS, MAX_SLOTS, MAX_VIPS,
 };
 
 use aya_ebpf::helpers::bpf_xdp_adjust_head;
@@ -272,20 +272,12 @@ impl VipPacket {
         ) else {
             return unroutable();
         };
-        // Never straight back to where it came from. The owner whose first
-        // holder brought it (from the router: the owner comes first) sends
-        // it on to the second holder; a holder that got it from the next
-        // holder, to the owner; else nowhere (two nodes whose epochs
-        // disagree would bounce it to the bound).
+        // Never straight back to where it came from (the frame's source
+        // MAC is the target's).
         let from = eth.read_mac(6);
         if route.kind == route_kind::L2 && from == route.mac {
-            let owner = t.owner[slot];
-            let [h0, h1] = holders;
-            let instead = if owner == t.me && target == h0 && h1 != NO_MEMBER && h1 != t.me {
-                h1
-            } else if owner != target && owner != t.me {
-                owner
-            } else {
+            let Some(instead) = instead_of_straight_back(t.me, t.owner[slot], holders, target)
+            else {
                 return unroutable();
             };
             match XNLB_MEMBERS.get(instead as u32) {

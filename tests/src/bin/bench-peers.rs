@@ -244,8 +244,7 @@ fn main() {
                     match idx(f, q) {
                         Some(i) if f.hashes() || q == 0 => {
                             let v: Vec<f64> = samples[i].iter().map(|s| s.ns_per_pkt).collect();
-                            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-                            let hi = v.iter().copied().fold(0.0, f64::max);
+                            let (lo, hi) = spread(&v);
                             format!("{:.0} ({lo:.0}-{hi:.0})", ns[i])
                         }
                         _ => "-".into(),
@@ -288,8 +287,7 @@ fn main() {
                                 }
                             })
                             .collect();
-                        let lo = per_run.iter().copied().fold(f64::INFINITY, f64::min);
-                        let hi = per_run.iter().copied().fold(0.0, f64::max);
+                        let (lo, hi) = spread(&per_run);
                         format!(
                             "{v:.2}x (run by run {:.2}x, {lo:.2}-{hi:.2})",
                             median(&per_run)
@@ -314,4 +312,12 @@ fn main() {
             line("cheaper than xt_cluster", Filter::XtCluster, true);
         }
     }
+}
+
+/// The smallest and largest of `v` (samples are positive).
+fn spread(v: &[f64]) -> (f64, f64) {
+    (
+        v.iter().copied().fold(f64::INFINITY, f64::min),
+        v.iter().copied().fold(0.0, f64::max),
+    )
 }
