@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
@@ -38,11 +39,44 @@ pub fn unique(tag: &str) -> String {
     format!("x{}{}{}", tag, std::process::id() % 100_000, n)
 }
 
+/// A new, empty directory under `parent` (created if missing) whose name
+/// starts with `tag`.
+///
+/// Never an existing one: a failed test keeps its directory for its logs,
+/// and a later run on the same machine can meet the same process id and
+/// sequence number, so [`unique`] alone would hand it that directory back,
+/// state files and all (a CI run once started agents on another test's
+/// persisted state that way).
+pub fn fresh_dir(parent: &Path, tag: &str) -> PathBuf {
+    fresh_dir_from(parent, std::iter::repeat_with(|| unique(tag)))
+}
+
+/// [`fresh_dir`] with the names to try given, so a test can make them
+/// collide.
+fn fresh_dir_from(parent: &Path, names: impl Iterator<Item = String>) -> PathBuf {
+    std::fs::create_dir_all(parent)
+        .unwrap_or_else(|e| panic!("creating {}: {e}", parent.display()));
+    for name in names.take(1000) {
+        let dir = parent.join(name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return dir,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => panic!("creating {}: {e}", dir.display()),
+        }
+    }
+    panic!("no free directory name under {}", parent.display())
+}
+
 impl Netns {
     /// Creates a namespace with loopback up.
     pub fn new(tag: &str) -> Netns {
         crate::require_root();
-        let name = unique(tag);
+        // A run killed before its guards ran leaves its namespaces; a name
+        // it used may come round again with the same process id.
+        let name = std::iter::repeat_with(|| unique(tag))
+            .take(1000)
+            .find(|n| !Path::new("/run/netns").join(n).exists())
+            .expect("a free namespace name");
         run_ok(Command::new("ip").args(["netns", "add", &name]));
         let ns = Netns { name };
         ns.sh("ip link set lo up");
@@ -112,4 +146,24 @@ pub fn veth(na: &Netns, a: &str, nb: &Netns, b: &str) {
     ]));
     na.sh(&format!("ip link set {tmp} name {a} && ip link set {a} up"));
     nb.sh(&format!("ip link set {b} up"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_left_by_an_earlier_run_is_never_handed_out_again() {
+        let parent = std::env::temp_dir().join(format!("xnlb-fresh-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&parent);
+        let old = parent.join("a");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("node1.state"), b"another cluster").unwrap();
+        let names = ["a", "a", "b"].map(String::from).into_iter();
+        let got = fresh_dir_from(&parent, names);
+        let left: Vec<_> = std::fs::read_dir(&got).unwrap().collect();
+        std::fs::remove_dir_all(&parent).unwrap();
+        assert_eq!(got, parent.join("b"));
+        assert!(left.is_empty(), "{} is not empty", got.display());
+    }
 }

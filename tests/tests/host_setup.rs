@@ -4,12 +4,12 @@
 //! NIC's multicast filter, the NIC promiscuous, the ARP sysctls set; after
 //! SIGTERM the namespace is exactly as it was before.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use xnlb_tests::cluster::agent_binary;
-use xnlb_tests::netns::{unique, veth, Netns};
+use xnlb_tests::netns::{fresh_dir, veth, Netns};
 
 const SYSCTLS: &str = "net.ipv4.conf.all.arp_ignore net.ipv4.conf.all.arp_announce \
      net.ipv4.conf.eth0.arp_ignore net.ipv4.conf.eth0.arp_announce \
@@ -56,9 +56,8 @@ fn host_setup_is_applied_over_netlink_and_undone_exactly() {
     let peer = Netns::new("hp");
     veth(&ns, "eth0", &peer, "p0");
     ns.sh("ip addr add 198.18.1.1/24 dev eth0");
-    let dir = PathBuf::from(format!("/tmp/{}", unique("xnlb-host-")));
-    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", unique("xnlb-host-")));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = fresh_dir(Path::new("/tmp"), "xnlb-host-");
+    let pin_dir = fresh_dir(Path::new("/sys/fs/bpf"), "xnlb-host-");
     let key = Command::new(agent_binary())
         .args(["keygen", "--out"])
         .arg(dir.join("cluster.key"))

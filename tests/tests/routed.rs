@@ -20,7 +20,7 @@ use xnlb_tests::cluster::{
     connect_between, echo_round, read_node_id, Cluster, ClusterSpec, Conn, REMOTE_NET, TCP_PORT,
     VIP, VIP6,
 };
-use xnlb_tests::netns::{unique, veth, Netns};
+use xnlb_tests::netns::{fresh_dir, veth, Netns};
 
 /// The router's address on the data bridge (as in bird-router.conf).
 const ROUTER: &str = "198.18.1.254";
@@ -211,8 +211,7 @@ fn the_router_routes_the_vip_through_every_healthy_node_only() {
         "sysctl -qw net.ipv4.fib_multipath_hash_policy=1 net.ipv6.fib_multipath_hash_policy=1 \
          && ip -6 addr add fd00:1::fe/64 dev eth0 nodad",
     );
-    let dir = PathBuf::from(format!("/tmp/{}", unique("xnlb-bird-")));
-    std::fs::create_dir_all(&dir).expect("bird dir");
+    let dir = fresh_dir(Path::new("/tmp"), "xnlb-bird-");
     let mut birds = vec![Bird::start(&router, &dir, "router", ROUTER_CONF)];
     for id in 1..=3 {
         birds.push(Bird::start(
@@ -523,8 +522,7 @@ impl RoutedCluster {
                 ));
             }
         }
-        let dir = PathBuf::from(format!("/tmp/{}", unique("xnlb-bird-")));
-        std::fs::create_dir_all(&dir).expect("bird dir");
+        let dir = fresh_dir(Path::new("/tmp"), "xnlb-bird-");
         let node4 = if remote {
             format!("local {REMOTE_NET}.254 as 65000; neighbor {REMOTE_NET}.4 as 65004;")
         } else {

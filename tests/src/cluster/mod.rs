@@ -48,7 +48,7 @@ use xnlb::control::client::request;
 use xnlb::control::Request;
 use xnlb::status::StatusView;
 
-use crate::netns::{unique, veth, Netns};
+use crate::netns::{fresh_dir, unique, veth, Netns};
 use config::config_text;
 use servers::start_servers;
 
@@ -211,8 +211,7 @@ impl Cluster {
             "{} missing: run `cargo xtask test` (it builds the agent)",
             bin.display()
         );
-        let dir = PathBuf::from(format!("/tmp/{}", unique("xnlb-cluster-")));
-        std::fs::create_dir_all(&dir).expect("test dir");
+        let dir = fresh_dir(Path::new("/tmp"), "xnlb-cluster-");
         let key = dir.join("cluster.key");
         std::fs::write(&key, xnlb::key::generate()).expect("key");
         std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
@@ -265,7 +264,7 @@ impl Cluster {
                     ));
                 }
             }
-            let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xnlb/{}", unique("t")));
+            let pin_dir = fresh_dir(Path::new("/sys/fs/bpf/xnlb"), "t");
             let config = dir.join(format!("n{}.toml", n.id));
             let socket = dir.join(format!("n{}.sock", n.id));
             std::fs::write(&config, config_text(spec, n, &key, &socket, &pin_dir, &dir))

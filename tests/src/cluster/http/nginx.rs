@@ -17,7 +17,7 @@ use std::time::Duration;
 use super::served::{parse_line, ServedRequest};
 use super::HTTP_PORT;
 use crate::cluster::{wait_until, Cluster, VIP};
-use crate::netns::unique;
+use crate::netns::fresh_dir;
 
 /// The nginx servers of a cluster's serving nodes.
 pub struct Nginx {
@@ -60,8 +60,7 @@ impl Nginx {
     /// listens. (The nodes allow binding the VIP before the agent puts it
     /// on `lo`.)
     pub fn start(c: &Cluster) -> Nginx {
-        let dir = PathBuf::from(format!("/tmp/{}", unique("xnlb-nginx-")));
-        std::fs::create_dir_all(&dir).expect("nginx dir");
+        let dir = fresh_dir(Path::new("/tmp"), "xnlb-nginx-");
         let mut nginx = Nginx {
             dir,
             servers: Vec::new(),
