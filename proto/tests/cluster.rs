@@ -1,7 +1,7 @@
 //! Small deterministic clusters driven by hand (no simulator feature): the
 //! agent-facing behaviour of `Node`.
 
-use xnlb_common::slot_state::{ACQUIRING, NOT_OWNED, OWNED};
+use xnlb_common::slot_state::{ACQUIRING, NOT_OWNED, OWNED, RELEASING};
 use xnlb_proto::wire::{self, Body};
 use xnlb_proto::{Action, Config, MemberConfig, Node, NodeState, Role, Time};
 
@@ -19,6 +19,9 @@ struct Cluster {
     disk_broken: Vec<bool>,
     /// Installs of this node fail.
     install_broken: Vec<bool>,
+    /// Connections this node's kernel holds in its releasing slots (what
+    /// its data plane reports).
+    held: Vec<u64>,
     /// This node's datagrams are lost.
     mute: Vec<bool>,
     /// Every datagram body each node sent (decoded).
@@ -64,6 +67,7 @@ impl Cluster {
             saved: vec![None; n],
             disk_broken: vec![false; n],
             install_broken: vec![false; n],
+            held: vec![0; n],
             mute: vec![false; n],
             sent: vec![Vec::new(); n],
             recorded: vec![Vec::new(); n],
@@ -149,9 +153,10 @@ impl Cluster {
                 if n.poll_timeout().is_some_and(|t| t <= now) {
                     n.handle_timeout(now);
                 }
-                // The data plane reports its releasing slots empty at once.
-                if self.states[i].contains(&xnlb_common::slot_state::RELEASING) {
-                    n.report_tracked_flows(now, 0);
+                // The data plane reports its releasing slots (empty at once
+                // unless a test holds connections there).
+                if self.states[i].contains(&RELEASING) {
+                    n.report_tracked_flows(now, self.held[i]);
                 }
                 self.shell(i, now);
                 let auth = xnlb_proto::auth::Authenticator::new(&self.configs[i].key);
@@ -429,6 +434,59 @@ fn a_failed_install_is_not_reported_and_fences_the_node_until_an_install_succeed
     assert!(c.leases[1] > c.now);
     assert!((0..60).all(|b| c.owners(b).len() == 1 && c.owners(b)[0] != 2));
     assert_eq!((0..60).filter(|&b| c.owners(b) == vec![1]).count(), 30);
+}
+
+/// Found by the simulator once it failed installs: the retry after a
+/// failed install was computed over an empty table, so the slots the failed
+/// one was releasing came out `NOT_OWNED` and their connections, which the
+/// data plane still held, were cut long before their drain timeout.
+#[test]
+fn a_retried_install_keeps_the_connections_a_failed_one_was_releasing() {
+    let mut c = Cluster::new(&[Role::Active; 3], 60);
+    c.run(1000);
+    let mine: Vec<usize> = (0..60).filter(|&b| c.owners(b) == vec![1]).collect();
+    assert_eq!(mine.len(), 20);
+    // Node 2's kernel holds connections in its buckets. Its agent dies; the
+    // others fence it and take its buckets over (their handoff waits for
+    // its connections). It restarts and takes the live table over, which
+    // releases what the others now own, while its data plane refuses
+    // installs for a while (two retries fail).
+    c.held[1] = 3;
+    c.nodes[1] = None;
+    c.run(600);
+    assert!(mine
+        .iter()
+        .all(|&b| c.owners(b).len() == 1 && c.owners(b)[0] != 1));
+    c.install_broken[1] = true;
+    c.restart(1, 2);
+    let (t, live) = (Time(c.now), c.states[1].clone());
+    c.node(1).adopt_dataplane(t, &live, &[]);
+    c.shell(1, t);
+    c.run(120);
+    assert!(
+        mine.iter().all(|&b| c.states[1][b] == OWNED),
+        "nothing installed yet"
+    );
+    c.install_broken[1] = false;
+    let mut seen = Vec::new();
+    for _ in 0..300 {
+        c.run(1);
+        let states: Vec<u8> = mine.iter().map(|&b| c.states[1][b]).collect();
+        assert!(
+            !states.contains(&NOT_OWNED),
+            "t={} ms: node 2 let go of connections it still holds: {states:?}",
+            c.now / MS
+        );
+        seen.extend(states);
+    }
+    assert!(seen.contains(&RELEASING), "the retry released nothing");
+    // Once they close, the handoff ends as usual and node 2 takes its
+    // share back.
+    c.held[1] = 0;
+    c.run(1000);
+    assert!(!c.states[1].contains(&RELEASING));
+    assert!((0..60).all(|b| c.owners(b).len() == 1));
+    assert_eq!((0..60).filter(|&b| c.owners(b) == vec![1]).count(), 20);
 }
 
 #[test]

@@ -26,7 +26,9 @@ fn main() -> ExitCode {
         bench::converge(&mut std::io::stdout());
         return ExitCode::SUCCESS;
     }
-    let nodes = arg(&args, "--nodes").map(|n| n as usize);
+    // 0 (what `cargo xtask sim` passes by default) means mixed sizes, as
+    // no flag does: every seed picks its own.
+    let nodes = arg(&args, "--nodes").filter(|&n| n > 0).map(|n| n as usize);
     if let Some(seed) = arg(&args, "--seed") {
         let k = nodes.unwrap_or_else(|| seed_nodes(seed));
         return match run_seed(seed, k) {

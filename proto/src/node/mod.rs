@@ -273,7 +273,7 @@ impl Node {
                 if !self.plane.installed {
                     // The shell reports failure again if it still fails;
                     // heartbeats say `installed` only after this.
-                    self.plane.forget_install();
+                    self.plane.retry_install();
                     self.refresh_dataplane(now);
                 }
             }
@@ -358,7 +358,9 @@ impl Node {
     /// itself not installed, drops the datagrams queued so far (they may
     /// claim the install), and retries a heartbeat interval later.
     pub fn install_failed(&mut self, now: Time) {
-        self.plane.installed = false;
+        self.plane.install_refused();
+        // Installs queued behind it were computed over the refused table.
+        self.outbox.drop_installs();
         // A lease extension queued behind the failed install must not reach
         // a data plane that still holds the old map.
         self.outbox.drop_lease_extensions();
@@ -399,7 +401,11 @@ impl Node {
     /// Data-plane feedback: tracked connections remaining in this node's
     /// `RELEASING` slots. Zero ends the handoff.
     pub fn report_tracked_flows(&mut self, now: Time, remaining: u64) {
-        self.plane.flows_remaining = Some(remaining);
+        // After a failed install the count is of the data plane's older
+        // table, not of the slots our state releases.
+        if self.plane.installed {
+            self.plane.flows_remaining = Some(remaining);
+        }
         self.after_input(now);
     }
 
@@ -410,7 +416,14 @@ impl Node {
     /// [`Node::install_failed`] and a `Persist`'s outcome with
     /// [`Node::persisted`].
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.outbox.poll_action()
+        let action = self.outbox.poll_action();
+        if let Some(Action::Install {
+            states, singles, ..
+        }) = &action
+        {
+            self.plane.install_taken(states, singles);
+        }
+        action
     }
 
     /// Next thing to log ([`Report`]); nothing waits for these.

@@ -40,6 +40,17 @@ pub(crate) struct Plane {
     /// The data plane holds our installed state (false after a failed
     /// install, until a retry succeeds).
     pub(crate) installed: bool,
+    /// The table the data plane holds as far as the shell has said: the
+    /// last install it took without reporting a failure (`None`: none, an
+    /// empty data plane). A failed install falls back to it, so the retry
+    /// is limited against what the data plane really holds.
+    written: Option<Vec<u8>>,
+    /// The install the shell took last; it reports a failure of it before
+    /// anything else, so the next one taken means it was written.
+    polled: Option<Vec<u8>>,
+    /// The next refresh hands the table over even if it equals `dp` (a
+    /// retry after a failed install also rewrites its epoch and routes).
+    reinstall: bool,
     /// Last lease deadline handed to the shell (`Time(0)`: revoked).
     pub(crate) lease_emitted: Time,
 }
@@ -56,15 +67,40 @@ impl Plane {
             handoff_done: 0,
             cut_epoch: 0,
             installed: true,
+            written: None,
+            polled: None,
+            reinstall: false,
             lease_emitted: Time(0),
         }
     }
 
-    /// Forgets the table handed over, so the next refresh installs it again
-    /// (after a failed install).
-    pub(crate) fn forget_install(&mut self) {
-        self.dp = None;
+    /// The shell took an install of `states` and `singles`: the one it took
+    /// before was written.
+    pub(crate) fn install_taken(&mut self, states: &[u8], singles: &[u8]) {
+        if let Some(p) = self.polled.take() {
+            self.written = Some(p);
+        }
+        let mut table = states.to_vec();
+        table.extend_from_slice(singles);
+        self.polled = Some(table);
+    }
+
+    /// The shell could not write the install it took last: the data plane
+    /// keeps the table before it, and nothing is handed over again until
+    /// [`Plane::retry_install`]. (Retrying from an empty table instead would
+    /// drop the slots the failed one was releasing, cutting connections
+    /// the data plane still passes.)
+    pub(crate) fn install_refused(&mut self) {
+        self.polled = None;
+        self.dp = self.written.clone();
+        self.installed = false;
+    }
+
+    /// Hands the table over again at the next refresh (after a failed
+    /// install), limited against what the data plane holds.
+    pub(crate) fn retry_install(&mut self) {
         self.installed = true;
+        self.reinstall = true;
     }
 
     /// The table this node's data plane should hold for `state`, and the
@@ -106,7 +142,7 @@ impl Plane {
             };
             let cur = current.map_or(NOT_OWNED, |c| c[s]);
             next.push(if self.barrier_passed {
-                desired
+                never_retake(cur, desired)
             } else {
                 limit(cur, desired)
             });
@@ -119,9 +155,10 @@ impl Plane {
             self.releasing_since = None;
         }
         let routes = routes_of(state);
-        if current == Some(&next) && routes == self.routes {
+        if current == Some(&next) && routes == self.routes && !self.reinstall {
             return None;
         }
+        self.reinstall = false;
         let newly_releasing = next
             .iter()
             .zip(current.map_or(&[][..], |c| &c[..]))
@@ -203,7 +240,9 @@ impl Plane {
 
     /// When the handoff of `epoch` times out, if it is open.
     pub(crate) fn handoff_deadline(&self, epoch: u64, timeout: u64) -> Option<Time> {
-        if self.handoff_done >= epoch {
+        // Nothing ends while the data plane refuses our table (see
+        // `refresh_handoff`); the install retry's timer wakes us.
+        if self.handoff_done >= epoch || !self.installed {
             return None;
         }
         self.releasing_since.map(|since| since + timeout)
@@ -250,6 +289,9 @@ impl Node {
     /// Hands the shell the table our installed state asks for, limited by
     /// the barrier.
     pub(super) fn refresh_dataplane(&mut self, now: Time) {
+        if !self.plane.installed {
+            return; // until the install retry
+        }
         if !self.plane.barrier_passed && self.barrier() {
             self.plane.barrier_passed = true;
         }
@@ -265,6 +307,14 @@ impl Node {
 
     /// A state was adopted across a gap: see [`Plane::distrust`].
     pub(super) fn distrust_dataplane(&mut self, now: Time) {
+        if !self.plane.installed {
+            // The retry refreshes over the table the data plane holds; the
+            // demotion is applied to it here so the retry keeps it.
+            let _ = self
+                .plane
+                .distrust(now, self.state.epoch, self.cfg.buckets as usize);
+            return;
+        }
         let demote = self
             .plane
             .distrust(now, self.state.epoch, self.cfg.buckets as usize);
@@ -312,6 +362,12 @@ impl Node {
 
     /// Ends the handoff of our installed epoch when it is done.
     pub(super) fn refresh_handoff(&mut self, now: Time) {
+        if !self.plane.installed {
+            // The handoff state describes a table the data plane refused:
+            // nothing ends before the retry installs ours (an epoch learnt
+            // meanwhile would otherwise count as handed off at once).
+            return;
+        }
         let timeout = self
             .intent
             .drain_timeout_override
@@ -342,6 +398,15 @@ impl Node {
             return; // another layout: start from nothing, as before
         }
         self.outbox.drop_installs();
+        // The live table comes with the previous life's lease, which peers
+        // stop honouring as soon as they hear our new incarnation (they
+        // drop its vouch): it must end now, not when it runs out.
+        self.outbox.push_action(Some(Action::Lease {
+            until: Time(0),
+            hold: None,
+        }));
+        self.plane.written = Some(live.clone());
+        self.plane.polled = None;
         self.plane.dp = Some(live);
         self.distrust_dataplane(now);
         self.refresh_dataplane(now);
@@ -354,11 +419,24 @@ impl Node {
 fn limit(current: u8, desired: u8) -> u8 {
     let accepts_new = |s: u8| s == OWNED || s == ACQUIRING;
     match (current, desired) {
-        (NOT_OWNED, RELEASING) => NOT_OWNED,
+        (NOT_OWNED, RELEASING) => never_retake(current, desired),
         (OWNED, ACQUIRING) => ACQUIRING,
         (c, d) if accepts_new(d) && !accepts_new(c) => c,
         (ACQUIRING, OWNED) => ACQUIRING,
         (_, d) => d,
+    }
+}
+
+/// Never take up again connections this data plane let go of, barrier or
+/// not: a handoff cut in one epoch (`cut_epoch`) leaves the member in the
+/// slot's previous owners until its report is committed, and a later epoch
+/// learnt meanwhile would otherwise ask it to release (serve) them again
+/// after the owner began passing everything.
+fn never_retake(current: u8, desired: u8) -> u8 {
+    if current == NOT_OWNED && desired == RELEASING {
+        NOT_OWNED
+    } else {
+        desired
     }
 }
 

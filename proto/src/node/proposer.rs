@@ -328,7 +328,11 @@ impl Node {
         }
         for p in &self.peers {
             let Some(h) = p.report.as_ref() else { continue };
-            if h.epoch > self.state.epoch {
+            // Wait to catch up from a peer that is ahead, unless it died: it
+            // may never come back (a lost state file comes back only once
+            // fenced, which needs a coordinator), and what it committed is
+            // recovered from the acceptors by the next proposal's phase 1.
+            if h.epoch > self.state.epoch && self.liveness(now, p) != Liveness::Dead {
                 return false;
             }
             if p.id < self.cfg.self_id

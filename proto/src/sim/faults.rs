@@ -33,6 +33,8 @@ pub enum Action {
     Rebalance(usize),
     /// The node's disk fails every write for a duration (ns).
     DiskFail(usize, u64),
+    /// The node's data plane refuses every install for a duration (ns).
+    InstallFail(usize, u64),
     /// Crash, corrupt the state file, restart.
     CorruptRestart(usize),
     /// Crash whichever node is in phase 2 of a proposal now; restart it
@@ -58,6 +60,9 @@ impl World {
             Action::Crash(i) => self.crash(i),
             Action::DiskFail(i, d) => {
                 self.nodes[i].disk_broken_until = self.now + d;
+            }
+            Action::InstallFail(i, d) => {
+                self.nodes[i].install_broken_until = self.now + d;
             }
             Action::CorruptRestart(i) => {
                 self.crash(i);
@@ -176,7 +181,7 @@ impl World {
             }
             let i = self.rng.range(0, n as u64) as usize;
             let dur = self.rng.range(50, 1200) * MS;
-            match self.rng.range(0, 17) {
+            match self.rng.range(0, 18) {
                 0 | 1 => {
                     self.schedule(t, Action::Crash(i));
                     self.schedule(t + dur, Action::Restart(i));
@@ -258,6 +263,15 @@ impl World {
                     }
                     self.schedule(t + dur, Action::Retime(i, None));
                 }
+                16 => {
+                    // The data plane refuses installs (a map update
+                    // failing), sometimes while the node also restarts.
+                    self.schedule(t, Action::InstallFail(i, dur));
+                    if self.rng.chance(0.3) {
+                        self.schedule(t + dur / 2, Action::Crash(i));
+                        self.schedule(t + dur / 2 + 100 * MS, Action::Restart(i));
+                    }
+                }
                 10 => {
                     let loss = self.rng.range(10, 40) as f64 / 100.0;
                     self.schedule(t, Action::Lossy(loss, dup));
@@ -281,6 +295,7 @@ impl World {
         self.actions.clear();
         for i in 0..self.nodes.len() {
             self.nodes[i].disk_broken_until = 0;
+            self.nodes[i].install_broken_until = 0;
             if self.nodes[i].frozen_until.is_some() {
                 self.nodes[i].frozen_until = Some(self.now);
             }

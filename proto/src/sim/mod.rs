@@ -67,6 +67,8 @@ pub struct World {
     pub violation: Option<String>,
     /// Steps executed.
     pub steps: u64,
+    /// Steps executed since real time last moved (a livelock detector).
+    pub steps_at_now: u64,
     /// A corrupt-state restart was scheduled in this run.
     pub corrupt_scheduled: bool,
     /// Largest promise horizon any node had so far (for the S2 oracle).
@@ -87,6 +89,10 @@ pub struct World {
 pub fn accepts_new(s: u8) -> bool {
     s == OWNED || s == ACQUIRING
 }
+
+/// Steps at one instant beyond which a run is a livelock, not a burst: a
+/// burst is bounded by the datagrams and timers of a few dozen nodes.
+const LIVELOCK_STEPS: u64 = 100_000;
 
 impl World {
     /// Starts every node at real time 0 (clocks skewed and offset).
@@ -119,6 +125,7 @@ impl World {
                 queued_write: None,
                 held: Vec::new(),
                 disk_broken_until: 0,
+                install_broken_until: 0,
                 corrupt: false,
                 dead_after_ns: None,
                 durable: 0,
@@ -140,6 +147,7 @@ impl World {
             max_horizon_seen: 0,
             corrupt_scheduled: false,
             steps: 0,
+            steps_at_now: 0,
             sockets,
             trace: std::env::var("XNLB_SIM_TRACE").is_ok_and(|v| v != "0"),
             trace_lease: std::env::var("XNLB_SIM_TRACE").is_ok_and(|v| v == "2"),
@@ -230,8 +238,23 @@ impl World {
         if t > until {
             return false;
         }
+        if t > self.now {
+            self.steps_at_now = 0;
+        }
         self.now = self.now.max(t);
         self.steps += 1;
+        self.steps_at_now += 1;
+        if self.steps_at_now > LIVELOCK_STEPS {
+            // A timer due now that its handler does not move (or two nodes
+            // ping-ponging at zero delay) would spin here forever.
+            let msg = format!(
+                "livelock: {LIVELOCK_STEPS} steps without time passing at t={}ms (next: kind {kind}, node {})",
+                self.now / MS,
+                i + 1
+            );
+            self.fail(msg);
+            return false;
+        }
         match kind {
             0 => {
                 let (_, a) = self.actions.remove(0);

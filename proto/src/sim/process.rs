@@ -52,6 +52,10 @@ pub struct SimNode {
     pub held: Vec<Transmit>,
     /// Writes fail until this real time.
     pub disk_broken_until: u64,
+    /// The data plane refuses every install until this real time (a map
+    /// update failing; it keeps its previous table whole, as the real
+    /// one's single-index switch does).
+    pub install_broken_until: u64,
     /// The state file was corrupted: a restart must be refused, and the
     /// node comes back only through the documented recovery.
     pub corrupt: bool,
@@ -153,6 +157,18 @@ impl World {
                 NodeAction::Install {
                     states, singles, ..
                 } => {
+                    if self.now < self.nodes[i].install_broken_until {
+                        // Reported before anything else is polled, as the
+                        // shell does; the data plane is unchanged.
+                        if self.trace {
+                            println!("{:>9.3} n{} install failed", self.now as f64 / 1e6, i + 1);
+                        }
+                        let now = Time(self.local(i, self.now));
+                        if let Some(n) = self.nodes[i].node.as_mut() {
+                            n.install_failed(now);
+                        }
+                        continue;
+                    }
                     let sn = &mut self.nodes[i];
                     sn.dp = states;
                     sn.dp.extend(singles);
