@@ -489,6 +489,54 @@ fn a_retried_install_keeps_the_connections_a_failed_one_was_releasing() {
     assert_eq!((0..60).filter(|&b| c.owners(b) == vec![1]).count(), 20);
 }
 
+/// Found by the simulator (seed 1233 at the time, S1): a restarted agent
+/// kept the lease its previous life left in the data plane, which peers stop
+/// honouring once they hear the new incarnation.
+#[test]
+fn an_agent_restarted_on_a_live_data_plane_revokes_the_lease_it_finds() {
+    let mut c = Cluster::new(&[Role::Active, Role::Witness, Role::Active], 60);
+    c.run(1000);
+    assert!(c.leases[2] > c.now, "node 3 serves");
+    let live = c.states[2].clone();
+    assert!(live.contains(&OWNED));
+    c.restart(2, 2);
+    let t = Time(c.now);
+    c.node(2).adopt_dataplane(t, &live, &[]);
+    let mut actions = Vec::new();
+    while let Some(a) = c.node(2).poll_action() {
+        actions.push(a);
+    }
+    let first = actions
+        .iter()
+        .find(|a| matches!(a, Action::Install { .. } | Action::Lease { .. }));
+    assert!(
+        matches!(first, Some(Action::Lease { until: Time(0), .. })),
+        "the first thing a new life does to the adopted data plane is to end its lease: {first:?}"
+    );
+    let mut written = Vec::new();
+    for a in actions {
+        match a {
+            Action::Lease { until, .. } => c.leases[2] = until.0,
+            Action::Install { states, .. } => c.states[2] = states,
+            Action::Persist { seq, state } => {
+                c.saved[2] = Some(state);
+                c.durable[2] = c.durable[2].max(seq);
+                written.push(seq);
+            }
+            _ => {}
+        }
+    }
+    for seq in written {
+        c.node(2).persisted(t, seq, true);
+    }
+    c.shell(2, t);
+    assert!(c.leases[2] <= c.now);
+    // It serves again once it rejoined, on a lease of its own.
+    c.run(1000);
+    assert!(c.leases[2] > c.now);
+    assert!((0..60).all(|b| c.owners(b).len() == 1));
+}
+
 #[test]
 fn a_node_with_a_divergent_state_at_the_same_epoch_is_not_vouched_for_and_is_repaired() {
     // History B: only nodes 1 and 2 formed epoch 1, so node 2 owns half.

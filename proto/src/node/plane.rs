@@ -498,4 +498,44 @@ mod tests {
             "nothing left to demote"
         );
     }
+
+    /// Found by the simulator (seed 6106 at the time): after a handoff cut
+    /// in one epoch, the next epoch learnt before the cut was committed
+    /// still listed this member as a previous owner, and with its barrier
+    /// passed it released (served) the cut connections again.
+    #[test]
+    fn a_slot_let_go_is_never_released_again_barrier_or_not() {
+        for s in [NOT_OWNED, OWNED, ACQUIRING, RELEASING] {
+            assert_eq!(never_retake(s, NOT_OWNED), NOT_OWNED);
+        }
+        assert_eq!(never_retake(NOT_OWNED, RELEASING), NOT_OWNED);
+        assert_eq!(limit(NOT_OWNED, RELEASING), NOT_OWNED);
+        assert_eq!(never_retake(OWNED, RELEASING), RELEASING);
+        assert_eq!(never_retake(NOT_OWNED, OWNED), OWNED);
+
+        // The same through `refresh`: a table with the slot let go, a state
+        // that lists us as its previous owner again, the barrier passed.
+        let mut plane = Plane::new();
+        plane.dp = Some(vec![NOT_OWNED, OWNED]);
+        plane.barrier_passed = true;
+        let members = (1..=2)
+            .map(|id| crate::config::MemberConfig {
+                id,
+                role: Role::Active,
+                weight: 100,
+                addrs: 1,
+            })
+            .collect();
+        let mut cfg = crate::config::Config::with_defaults(1, members);
+        cfg.buckets = 2;
+        let mut state = ClusterState::genesis(&cfg);
+        state.epoch = 4;
+        state.owner = vec![2, 1];
+        state.prev = vec![vec![1], vec![]];
+        let install = plane.refresh(Time(1), &state, 1, (true, false), 2);
+        if let Some(Action::Install { states, .. }) = install {
+            assert_eq!(states, vec![NOT_OWNED, OWNED]);
+        }
+        assert_eq!(plane.dp.as_deref(), Some(&[NOT_OWNED, OWNED][..]));
+    }
 }
