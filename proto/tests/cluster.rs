@@ -24,6 +24,9 @@ struct Cluster {
     held: Vec<u64>,
     /// This node's datagrams are lost.
     mute: Vec<bool>,
+    /// This node's commits and snapshots are lost (its other datagrams
+    /// arrive).
+    mute_commits: Vec<bool>,
     /// Every datagram body each node sent (decoded).
     sent: Vec<Vec<Body>>,
     /// Every datagram each node sent, as (to, link, bytes): what an
@@ -69,6 +72,7 @@ impl Cluster {
             install_broken: vec![false; n],
             held: vec![0; n],
             mute: vec![false; n],
+            mute_commits: vec![false; n],
             sent: vec![Vec::new(); n],
             recorded: vec![Vec::new(); n],
             durable: vec![0; n],
@@ -167,11 +171,14 @@ impl Cluster {
                     if t.after_persist > self.durable[i] {
                         continue;
                     }
+                    let mut lost = self.mute[i];
                     if let Ok(m) = wire::decode(&auth, &t.bytes) {
+                        lost |= self.mute_commits[i]
+                            && matches!(m.body, Body::Commit { .. } | Body::SnapshotChunk { .. });
                         self.sent[i].push(m.body);
                     }
                     self.recorded[i].push((t.to, t.link, t.bytes.clone()));
-                    if !self.mute[i] {
+                    if !lost {
                         mail.push(t);
                     }
                 }
@@ -535,6 +542,44 @@ fn an_agent_restarted_on_a_live_data_plane_revokes_the_lease_it_finds() {
     c.run(1000);
     assert!(c.leases[2] > c.now);
     assert!((0..60).all(|b| c.owners(b).len() == 1));
+}
+
+/// Found by the simulator (seed 2253 at the time): a peer that committed an
+/// epoch the others never learnt, then died, kept them from coordinating
+/// (they waited to catch up from it), forever if it never came back.
+#[test]
+fn the_others_go_on_when_the_only_node_that_learnt_an_epoch_dies() {
+    let mut c = Cluster::new(&[Role::Active; 3], 60);
+    c.run(1000);
+    let epoch = c.status(0).epoch;
+    // Node 1 coordinates a drain of node 3: nodes 2 and 3 accept it, but
+    // they never hear the commit, only node 1's heartbeats saying it is
+    // at the next epoch. Then node 1 dies for good.
+    c.mute_commits[0] = true;
+    let t = Time(c.now);
+    c.node(2).drain(t, None);
+    for _ in 0..1000 {
+        c.run(1);
+        if c.status(0).epoch > epoch {
+            break;
+        }
+    }
+    assert_eq!(c.status(0).epoch, epoch + 1, "node 1 committed");
+    c.run(60);
+    assert_eq!(c.status(1).epoch, epoch, "node 2 never heard the commit");
+    c.nodes[0] = None;
+    c.run(3000);
+    let (s2, s3) = (c.status(1), c.status(2));
+    assert!(
+        s2.epoch > epoch + 1 && s3.epoch == s2.epoch,
+        "nodes 2 and 3 are stuck at epochs {} and {}",
+        s2.epoch,
+        s3.epoch
+    );
+    assert!(
+        (0..60).all(|b| c.owners(b) == vec![1]),
+        "node 2 serves everything"
+    );
 }
 
 #[test]
