@@ -459,6 +459,7 @@ fn a_retried_install_keeps_the_connections_a_failed_one_was_releasing() {
     // releases what the others now own, while its data plane refuses
     // installs for a while (two retries fail).
     c.held[1] = 3;
+    let old_epoch = c.status(1).epoch;
     c.nodes[1] = None;
     c.run(600);
     assert!(mine
@@ -467,7 +468,7 @@ fn a_retried_install_keeps_the_connections_a_failed_one_was_releasing() {
     c.install_broken[1] = true;
     c.restart(1, 2);
     let (t, live) = (Time(c.now), c.states[1].clone());
-    c.node(1).adopt_dataplane(t, &live, &[]);
+    c.node(1).adopt_dataplane(t, old_epoch, &live, &[]);
     c.shell(1, t);
     c.run(120);
     assert!(
@@ -506,9 +507,10 @@ fn an_agent_restarted_on_a_live_data_plane_revokes_the_lease_it_finds() {
     assert!(c.leases[2] > c.now, "node 3 serves");
     let live = c.states[2].clone();
     assert!(live.contains(&OWNED));
+    let old_epoch = c.status(2).epoch;
     c.restart(2, 2);
     let t = Time(c.now);
-    c.node(2).adopt_dataplane(t, &live, &[]);
+    c.node(2).adopt_dataplane(t, old_epoch, &live, &[]);
     let mut actions = Vec::new();
     while let Some(a) = c.node(2).poll_action() {
         actions.push(a);

@@ -73,6 +73,7 @@ pub(super) fn start(cfg: Config, deps: &Dependencies) -> Result<Started, RunErro
         let singles = plan.single_slots.len();
         node.adopt_dataplane(
             super::now(),
+            live.epoch,
             &live.state[..buckets],
             &live.state[MAX_BUCKETS as usize..MAX_BUCKETS as usize + singles],
         );

@@ -51,6 +51,11 @@ pub(crate) struct Plane {
     /// The next refresh hands the table over even if it equals `dp` (a
     /// retry after a failed install also rewrites its epoch and routes).
     reinstall: bool,
+    /// The epoch of a table adopted from a previous life, and which of its
+    /// slots held connections: while our (restored) state is older, those
+    /// stay releasing (the previous life may have installed an epoch whose
+    /// write it lost in the crash).
+    adopted: Option<(u64, Vec<bool>)>,
     /// Last lease deadline handed to the shell (`Time(0)`: revoked).
     pub(crate) lease_emitted: Time,
 }
@@ -70,6 +75,7 @@ impl Plane {
             written: None,
             polled: None,
             reinstall: false,
+            adopted: None,
             lease_emitted: Time(0),
         }
     }
@@ -140,12 +146,27 @@ impl Plane {
             } else {
                 desired
             };
+            let desired = match &self.adopted {
+                Some((epoch, held))
+                    if desired == NOT_OWNED && !stopped && held[s] && state.epoch < *epoch =>
+                {
+                    RELEASING
+                }
+                _ => desired,
+            };
             let cur = current.map_or(NOT_OWNED, |c| c[s]);
             next.push(if self.barrier_passed {
                 never_retake(cur, desired)
             } else {
                 limit(cur, desired)
             });
+        }
+        if self
+            .adopted
+            .as_ref()
+            .is_some_and(|(epoch, _)| state.epoch >= *epoch)
+        {
+            self.adopted = None;
         }
         let releasing = next.contains(&RELEASING);
         if releasing && self.releasing_since.is_none() {
@@ -389,14 +410,19 @@ impl Node {
     /// baseline instead of starting from an empty one, distrusted like a
     /// state adopted across a gap ([`Plane::distrust`]): its connections
     /// keep being served (`RELEASING`) while this incarnation rejoins, and
-    /// no slot accepts new flows before the barrier. Call right after
-    /// [`Node::new`] or [`Node::restore`], before polling anything.
-    pub fn adopt_dataplane(&mut self, now: Time, states: &[u8], singles: &[u8]) {
+    /// no slot accepts new flows before the barrier. `epoch` is the live
+    /// table's: the previous life may have installed an epoch whose state
+    /// write the crash lost, and until our state reaches that epoch the
+    /// slots holding connections stay releasing rather than being dropped
+    /// for an older map's sake. Call right after [`Node::new`] or
+    /// [`Node::restore`], before polling anything.
+    pub fn adopt_dataplane(&mut self, now: Time, epoch: u64, states: &[u8], singles: &[u8]) {
         let mut live = states.to_vec();
         live.extend_from_slice(singles);
         if live.len() != self.state.owner.len() {
             return; // another layout: start from nothing, as before
         }
+        self.plane.adopted = Some((epoch, live.iter().map(|&s| s != NOT_OWNED).collect()));
         self.outbox.drop_installs();
         // The live table comes with the previous life's lease, which peers
         // stop honouring as soon as they hear our new incarnation (they

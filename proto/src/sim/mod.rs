@@ -115,6 +115,7 @@ impl World {
                 frozen_until: None,
                 stopped: false,
                 dp: vec![0; slots],
+                dp_epoch: 0,
                 lease: 0,
                 hold: 0,
                 wake: None,

@@ -31,6 +31,8 @@ pub struct SimNode {
     pub stopped: bool,
     /// Data plane: slot states (buckets then singles).
     pub dp: Vec<u8>,
+    /// Data plane: the epoch of the last install.
+    pub dp_epoch: u64,
     /// Data plane: lease deadline on the local clock.
     pub lease: u64,
     /// Data plane: held-delivery deadline on the local clock.
@@ -110,7 +112,7 @@ impl World {
                 // live table over, as the real agent does at start.
                 let buckets = self.scenario.buckets as usize;
                 if sn.dp.iter().any(|&s| s != 0) {
-                    node.adopt_dataplane(now, &sn.dp[..buckets], &sn.dp[buckets..]);
+                    node.adopt_dataplane(now, sn.dp_epoch, &sn.dp[..buckets], &sn.dp[buckets..]);
                 }
                 sn.incarnation = node.incarnation();
 
@@ -155,7 +157,10 @@ impl World {
             }
             match ev {
                 NodeAction::Install {
-                    states, singles, ..
+                    states,
+                    singles,
+                    epoch,
+                    ..
                 } => {
                     if self.now < self.nodes[i].install_broken_until {
                         // Reported before anything else is polled, as the
@@ -171,6 +176,7 @@ impl World {
                     }
                     let sn = &mut self.nodes[i];
                     sn.dp = states;
+                    sn.dp_epoch = epoch;
                     sn.dp.extend(singles);
                     if sn.dp.contains(&RELEASING) && sn.flows_at.is_none() {
                         sn.flows_at = Some(self.now + self.rng.range(0, 250) * MS);
