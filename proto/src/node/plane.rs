@@ -262,7 +262,7 @@ impl Plane {
     /// When the handoff of `epoch` times out, if it is open.
     pub(crate) fn handoff_deadline(&self, epoch: u64, timeout: u64) -> Option<Time> {
         // Nothing ends while the data plane refuses our table (see
-        // `refresh_handoff`); the install retry's timer wakes us.
+        // `handoff`); the install retry's timer wakes us.
         if self.handoff_done >= epoch || !self.installed {
             return None;
         }
@@ -275,6 +275,12 @@ impl Plane {
     /// so this node has stopped passing those connections before its
     /// report lets the new owners pass everything.
     fn handoff(&mut self, now: Time, epoch: u64, timeout: u64) -> Option<Report> {
+        if !self.installed {
+            // The handoff state describes a table the data plane refused:
+            // nothing ends before the retry installs ours (an epoch learnt
+            // meanwhile would otherwise count as handed off at once).
+            return None;
+        }
         let Some(since) = self.releasing_since else {
             if self.handoff_done < epoch {
                 self.handoff_done = epoch;
@@ -328,18 +334,14 @@ impl Node {
 
     /// A state was adopted across a gap: see [`Plane::distrust`].
     pub(super) fn distrust_dataplane(&mut self, now: Time) {
-        if !self.plane.installed {
-            // The retry refreshes over the table the data plane holds; the
-            // demotion is applied to it here so the retry keeps it.
-            let _ = self
-                .plane
-                .distrust(now, self.state.epoch, self.cfg.buckets as usize);
-            return;
-        }
         let demote = self
             .plane
             .distrust(now, self.state.epoch, self.cfg.buckets as usize);
-        self.outbox.push_action(demote);
+        // While an install is refused nothing is handed over: the demotion
+        // stays in the table the retry refreshes over.
+        if self.plane.installed {
+            self.outbox.push_action(demote);
+        }
     }
 
     /// Fences this node's data plane at once.
@@ -383,12 +385,6 @@ impl Node {
 
     /// Ends the handoff of our installed epoch when it is done.
     pub(super) fn refresh_handoff(&mut self, now: Time) {
-        if !self.plane.installed {
-            // The handoff state describes a table the data plane refused:
-            // nothing ends before the retry installs ours (an epoch learnt
-            // meanwhile would otherwise count as handed off at once).
-            return;
-        }
         let timeout = self
             .intent
             .drain_timeout_override
@@ -444,8 +440,7 @@ impl Node {
 /// handoff that a restart forgot: the owner may pass them by now).
 fn limit(current: u8, desired: u8) -> u8 {
     let accepts_new = |s: u8| s == OWNED || s == ACQUIRING;
-    match (current, desired) {
-        (NOT_OWNED, RELEASING) => never_retake(current, desired),
+    match (current, never_retake(current, desired)) {
         (OWNED, ACQUIRING) => ACQUIRING,
         (c, d) if accepts_new(d) && !accepts_new(c) => c,
         (ACQUIRING, OWNED) => ACQUIRING,
